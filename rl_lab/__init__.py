@@ -1,0 +1,1 @@
+"""rl-lab: reinforcement learning on PyTorch and gymnasium."""
