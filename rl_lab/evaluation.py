@@ -1,0 +1,73 @@
+"""Policy evaluation on fresh, separately seeded envs: exactly N complete episodes, run in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from envs import make_vector_env
+
+
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    episodes: int,
+    seed: int,
+    epsilon: float = 0.0,
+    env_kwargs: dict | None = None,
+    max_parallel: int = 10,
+) -> dict[str, np.ndarray]:
+    """Returns and lengths of `episodes` episodes under `policy` (epsilon-greedy when epsilon > 0).
+
+    Each parallel env runs a fixed quota of episodes, so short episodes cannot crowd out long ones.
+    """
+    n = min(episodes, max_parallel)
+    quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
+    envs = make_vector_env(env_id, n, **(env_kwargs or {}))
+    rng = np.random.default_rng(seed)
+    envs.single_action_space.seed(seed)
+    returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
+    ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < q for r, q in zip(returns, quota, strict=True)):
+        actions = policy(obs)
+        if epsilon > 0:
+            explore = rng.random(n) < epsilon
+            actions = np.where(explore, [envs.single_action_space.sample() for _ in range(n)], actions)
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
+        ep_return += rewards
+        ep_length += 1
+        for i in np.flatnonzero(terminated | truncated):
+            if len(returns[i]) < quota[i]:
+                returns[i].append(ep_return[i])
+                lengths[i].append(ep_length[i])
+            ep_return[i], ep_length[i] = 0.0, 0
+    envs.close()
+    return {"returns": np.concatenate(returns), "lengths": np.concatenate(lengths)}
+
+
+def eval_stats(result: dict[str, np.ndarray]) -> dict[str, float]:
+    returns = result["returns"]
+    return {
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "length_mean": float(result["lengths"].mean()),
+        "episodes": int(len(returns)),
+    }
+
+
+def format_eval_table(title: str, stats: dict[str, float]) -> str:
+    rows = [
+        ("episodes", f"{stats['episodes']}"),
+        ("return mean", f"{stats['return_mean']:.2f}"),
+        ("return std", f"{stats['return_std']:.2f}"),
+        ("return min / max", f"{stats['return_min']:.1f} / {stats['return_max']:.1f}"),
+        ("episode length", f"{stats['length_mean']:.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [title, "-" * max(len(title), 30)]
+    lines += [f"{name:<{width}}  {value:>12}" for name, value in rows]
+    return "\n".join(lines)

@@ -1,0 +1,9 @@
+"""Schedules as pure functions of the step: nothing to checkpoint, identical after a resume."""
+
+
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """Goes from `start` to `end` over `duration` steps, then stays at `end`."""
+    if duration <= 0:
+        return end
+    fraction = min(step / duration, 1.0)
+    return start + fraction * (end - start)
