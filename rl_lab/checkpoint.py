@@ -59,7 +59,12 @@ def unflatten_state(tensors: dict[str, torch.Tensor], skeleton):
 
 
 def save_checkpoint(
-    checkpoints_dir: Path, step: int, torch_state: dict, arrays: dict[str, np.ndarray], meta: dict, keep: int = 2
+    checkpoints_dir: Path,
+    step: int,
+    torch_state: dict,
+    arrays: dict[str, np.ndarray],
+    meta: dict,
+    keep: int = 2,
 ) -> Path:
     """Write `torch_state` (nested tensors), `arrays` (numpy, e.g. replay) and `meta` (JSON) atomically."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +74,9 @@ def save_checkpoint(
     tmp.mkdir()
     tensors, skeleton = flatten_state(torch_state)
     safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"))
-    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "arrays.safetensors"))
+    safetensors.numpy.save_file(
+        {k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "arrays.safetensors")
+    )
     document = {"format_version": FORMAT_VERSION, "step": step, "torch_state": skeleton, "meta": meta}
     (tmp / "state.json").write_text(json.dumps(document))
     for file in tmp.iterdir():

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rl-lab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rl-lab: interrupted; a checkpoint was saved, continue with rl-lab train --resume RUN_DIR",
-              file=sys.stderr)
+        print(
+            "rl-lab: interrupted; a checkpoint was saved, continue with rl-lab train --resume RUN_DIR",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

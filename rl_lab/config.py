@@ -119,8 +119,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        check(self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"), "device",
-              "must be auto, cpu, mps, cuda or cuda:N")
+        check(
+            self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"),
+            "device",
+            "must be auto, cpu, mps, cuda or cuda:N",
+        )
         check(self.torch_threads >= 0, "torch_threads", "must be >= 0")
 
     def to_dict(self) -> dict:

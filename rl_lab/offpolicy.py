@@ -48,8 +48,14 @@ class OffPolicyTrainer:
 
     def evaluate(self) -> dict[str, float]:
         c = self.config
-        result = evaluate(self.agent.greedy, c.env.id, c.eval.episodes, c.seed + c.eval.seed_offset,
-                          c.eval.epsilon, c.env.kwargs)
+        result = evaluate(
+            self.agent.greedy,
+            c.env.id,
+            c.eval.episodes,
+            c.seed + c.eval.seed_offset,
+            c.eval.epsilon,
+            c.env.kwargs,
+        )
         return eval_stats(result)
 
     def run(self, run_dir: Path, logger: RunLogger) -> dict:
@@ -152,7 +158,9 @@ class OffPolicyTrainer:
         path = latest_checkpoint(run_dir / "checkpoints")
         torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
         self.agent.load_state_dict(torch_state["agent"])
-        self.buffer.load_state_dict({k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")})
+        self.buffer.load_state_dict(
+            {k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")}
+        )
         self.episode_return[:] = arrays["episode_return"]
         self.episode_length[:] = arrays["episode_length"]
         set_rng_state(self.rng, meta["rng"], torch_state["rng"])

@@ -41,8 +41,13 @@ def build(config: Config) -> Session:
     envs = make_envs(config)
     agent_cls = AGENTS[config.agent.name]
     try:
-        agent = agent_cls(config.agent, envs.single_observation_space, envs.single_action_space, device,
-                          config.train.total_steps)
+        agent = agent_cls(
+            config.agent,
+            envs.single_observation_space,
+            envs.single_action_space,
+            device,
+            config.train.total_steps,
+        )
     except UserError as err:
         raise UserError(f"agent: {err}") from None
     return Session(config, OffPolicyTrainer(config, agent, envs, rng))
@@ -57,8 +62,10 @@ def train_new(config_path: str | Path, overrides: list[str]) -> Path:
     config = load_config(config_path, overrides)
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config_path, config)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
-                        f"or continue it with: rl-lab train --resume {run_dir}")
+        raise UserError(
+            f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
+            f"or continue it with: rl-lab train --resume {run_dir}"
+        )
     session = build(config)
     config.run.dir = str(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -98,8 +105,11 @@ def _train(session: Session, run_dir: Path, resume_step: int | None) -> None:
         logger.summary(summary)
     finally:
         logger.close()
-    curve = plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "plots" / "learning_curve.png",
-                                f"{config.agent.name} on {config.env.id} (seed {config.seed})")
+    curve = plot_learning_curve(
+        run_dir / "metrics.jsonl",
+        run_dir / "plots" / "learning_curve.png",
+        f"{config.agent.name} on {config.env.id} (seed {config.seed})",
+    )
     title = f"Final evaluation: {config.agent.name} on {config.env.id}, {summary['env_steps']} steps"
     print(format_eval_table(title, summary["final_eval"]))
     print(f"training: {summary['wall_time_s']:.1f} s, {summary['sps']:.0f} steps/s")
