@@ -99,7 +99,9 @@ class RunLogger:
         self._bar = tqdm(total=total_steps, unit="step", initial=resume_step or 0, dynamic_ncols=True) if show else None
 
     @staticmethod
-    def _init_wandb(run_dir: Path, config: dict, mode: str, project: str, entity: str | None, run_name: str | None) -> Any:
+    def _init_wandb(
+        run_dir: Path, config: dict, mode: str, project: str, entity: str | None, run_name: str | None
+    ) -> Any:
         """Start (or, with the id saved in run_dir, continue) the W&B run, silently and with a bounded wait."""
         import wandb
 
@@ -122,7 +124,8 @@ class RunLogger:
 
     def _wandb_failed(self, error: Exception) -> None:
         """W&B is optional: warn once and drop it for the rest of the run."""
-        print(f"wandb unavailable ({type(error).__name__}: {error}); continuing without it", file=sys.stderr)
+        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line, even for multi-line errors
+        print(f"wandb unavailable ({reason}); continuing without it", file=sys.stderr)
         self._run = None
 
     def log(self, step: int, metrics: dict[str, float], extra: dict[str, float] | None = None) -> None:
