@@ -20,7 +20,7 @@ from rl_lab.checkpoint import load_module_state
 from rl_lab.config import EncoderConfig, check
 from rl_lab.errors import UserError
 from rl_lab.replay import Batch, ReplayBuffer
-from rl_lab.schedules import linear_schedule
+from rl_lab.schedules import crossed, linear_schedule
 
 
 @dataclass
@@ -72,11 +72,6 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(obs))
-
-
-def crossed(step: int, steps_taken: int, every: int) -> bool:
-    """Did the step counter pass a multiple of `every` in the last `steps_taken` steps (N envs step at once)?"""
-    return step // every > (step - steps_taken) // every
 
 
 class DQN:
@@ -170,6 +165,8 @@ class DQN:
         # All batches of this phase are sampled at once, and since the target net cannot change during a phase,
         # Q_target(s', .) for all of them comes from one forward pass. Double DQN still needs the online net's
         # argmax at each step; plain DQN targets are then complete before the first step.
+        if c.lr_end is not None:
+            self.optimizer.param_groups[0]["lr"] = linear_schedule(c.lr, c.lr_end, self.total_steps, step)
         batches = buffer.sample((c.gradient_steps, c.batch_size), rng, self.device)
         with torch.no_grad():
             next_q_target = self.target_net(batches.next_obs.reshape(-1, *self.obs_shape))

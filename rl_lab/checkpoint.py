@@ -69,8 +69,11 @@ def save_checkpoint(
     """Write `torch_state` (nested tensors), `arrays` (numpy, e.g. replay) and `meta` (JSON) atomically."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / f"step_{step:010d}"
+    # One process writes a run's checkpoints at a time, so any temporary directory here was left by a process
+    # killed mid-save (a resumed run has a new pid): remove it rather than let dead copies pile up.
+    for stale in checkpoints_dir.glob(".tmp-step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = checkpoints_dir / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors, skeleton = flatten_state(torch_state)
     safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"))
@@ -104,6 +107,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dic
     """Return (torch_state, arrays, meta); any damage is a UserError, never a traceback or an unpickle."""
     try:
         document = json.loads((path / "state.json").read_text())
+        if not isinstance(document, dict):
+            raise ValueError(f"state.json holds a {type(document).__name__}, not an object")
         if document.get("format_version") != FORMAT_VERSION:
             raise UserError(f"checkpoint {path} has format {document.get('format_version')}, expected {FORMAT_VERSION}")
         tensors = safetensors.torch.load_file(str(path / "model.safetensors"), device=str(device))

@@ -13,7 +13,7 @@ from rl_lab.errors import UserError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
-        raise UserError(f"{message} (see rl-lab {self.prog.split()[-1]} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:

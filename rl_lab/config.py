@@ -138,12 +138,25 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys to values")
     for item in overrides:
-        apply_override(data, item)
+        try:
+            apply_override(data, item)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
     return config_from_dict(data, source=str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: what PyYAML found and where (`expected ',' or '}', but got ':' at line 3, column 5`)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem is None:
+        return str(err).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -53,12 +53,12 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _truncate(path: Path, step: int) -> None:
-    """Keep lines with step <= `step` (and drop a torn last line) so a resumed run re-logs the rest once."""
+def _truncate(path: Path, lines: int) -> None:
+    """Keep the first `lines` lines, those a checkpoint had seen written, so a resumed run re-logs the rest once."""
     if not path.exists():
         return
     with path.open(encoding="utf-8") as f:
-        keep = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
+        keep = [line for line in f if line.endswith("\n")][:lines]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(keep), encoding="utf-8")
     os.replace(tmp, path)
@@ -78,13 +78,15 @@ class RunLogger:
         run_name: str | None = None,
         total_steps: int | None = None,
         progress: bool = True,
-        resume_step: int | None = None,
+        resume_lines: int | None = None,
+        initial_step: int = 0,
     ) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
-        if resume_step is not None:
-            _truncate(path, resume_step)
+        if resume_lines is not None:
+            _truncate(path, resume_lines)
+        self.lines = resume_lines or 0  # lines in metrics.jsonl; a checkpoint stores it to truncate on resume
         self._file = path.open("a", encoding="utf-8")
         self._run = None
         mode = resolve_wandb_mode(wandb_mode)
@@ -96,7 +98,7 @@ class RunLogger:
         if mode == "online" and self._run is not None:
             print(f"wandb run: {self._run.url}", file=sys.stderr)
         show = progress and sys.stderr.isatty()  # no bar redraws in CI logs
-        self._bar = tqdm(total=total_steps, unit="step", initial=resume_step or 0, dynamic_ncols=True) if show else None
+        self._bar = tqdm(total=total_steps, unit="step", initial=initial_step, dynamic_ncols=True) if show else None
 
     @staticmethod
     def _init_wandb(
@@ -133,6 +135,7 @@ class RunLogger:
         metrics = {k: _scalar(v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": int(step), **metrics}) + "\n")
         self._file.flush()
+        self.lines += 1
         if self._run is not None:
             try:
                 self._run.log({**metrics, **{k: _scalar(v) for k, v in (extra or {}).items()}}, step=int(step))

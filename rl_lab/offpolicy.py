@@ -17,9 +17,11 @@ import numpy as np
 from envs import make_vector_env, restore_vector_env, snapshot_vector_env
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl_lab.config import Config
+from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate
 from rl_lab.logger import RunLogger
 from rl_lab.replay import ReplayBuffer
+from rl_lab.schedules import crossed
 from rl_lab.seeding import rng_state, set_rng_state
 
 RECENT_EPISODES = 20  # episodes averaged for the logged training return
@@ -33,6 +35,8 @@ class LoopState:
     recent_lengths: list[int] = field(default_factory=list)
     last_train: dict = field(default_factory=dict)  # the most recent training phase's loss and Q
     wall_time_s: float = 0.0  # time spent by earlier processes of this run (before a resume)
+    metrics_lines: int = 0  # lines of metrics.jsonl written when the checkpoint was saved
+    final_eval: dict | None = None  # set once the final evaluation has been logged and saved
 
 
 class OffPolicyTrainer:
@@ -81,9 +85,9 @@ class OffPolicyTrainer:
                     state.last_train = metrics
 
                 row = {}
-                if _crossed(state.step, n, c.logger.log_every):
+                if crossed(state.step, n, c.logger.log_every):
                     row.update(self._train_metrics())
-                if c.eval.every and _crossed(state.step, n, c.eval.every) and state.step < total:
+                if c.eval.every and crossed(state.step, n, c.eval.every) and state.step < total:
                     row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 if row:
                     now = time.perf_counter()
@@ -97,15 +101,17 @@ class OffPolicyTrainer:
                         eps=f"{self.agent.epsilon(state.step):.3f}",
                         loss=f"{state.last_train.get('loss', float('nan')):.4f}",
                     )
-                if c.run.checkpoint_every and _crossed(state.step, n, c.run.checkpoint_every):
-                    self.save(run_dir, start_time)
+                if c.run.checkpoint_every and crossed(state.step, n, c.run.checkpoint_every):
+                    self.save(run_dir, start_time, logger)
         except KeyboardInterrupt:
-            self.save(run_dir, start_time)
+            self.save(run_dir, start_time, logger)
             raise
         train_time = state.wall_time_s + time.perf_counter() - start_time
-        final = self.evaluate()
-        logger.log(state.step, {**self._train_metrics(), **{f"eval/{k}": v for k, v in final.items()}})
-        self.save(run_dir, start_time)
+        if state.final_eval is None:  # a run resumed after its final checkpoint has logged this already
+            state.final_eval = self.evaluate()
+            logger.log(state.step, {**self._train_metrics(), **{f"eval/{k}": v for k, v in state.final_eval.items()}})
+            self.save(run_dir, start_time, logger)
+        final = state.final_eval
         return {
             "final_eval": final,
             "env_steps": state.step,
@@ -135,7 +141,7 @@ class OffPolicyTrainer:
         row.update({f"train/{k}": v for k, v in s.last_train.items()})
         return row
 
-    def save(self, run_dir: Path, start_time: float) -> None:
+    def save(self, run_dir: Path, start_time: float, logger: RunLogger) -> None:
         s = self.state
         json_rng, tensor_rng = rng_state(self.rng)
         arrays = {f"replay.{k}": v for k, v in self.buffer.state_dict().items()}
@@ -148,6 +154,8 @@ class OffPolicyTrainer:
             "recent_lengths": s.recent_lengths,
             "last_train": s.last_train,
             "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
+            "metrics_lines": logger.lines,
+            "final_eval": s.final_eval,
             "rng": json_rng,
             "envs": snapshot_vector_env(self.envs),
         }
@@ -155,8 +163,20 @@ class OffPolicyTrainer:
         save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
 
     def resume(self, run_dir: Path) -> None:
+        """Load the latest checkpoint: agent, replay, RNGs, counters and the envs' episodes in progress."""
         path = latest_checkpoint(run_dir / "checkpoints")
+        try:
+            self._load(path)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
+
+    def _load(self, path: Path) -> None:
         torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
+        if len(meta["envs"]) != self.envs.num_envs:
+            raise UserError(
+                f"checkpoint {path} holds {len(meta['envs'])} envs but the config has env.num_envs="
+                f"{self.envs.num_envs}; resume with the run's original config"
+            )
         self.agent.load_state_dict(torch_state["agent"])
         self.buffer.load_state_dict(
             {k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")}
@@ -172,11 +192,9 @@ class OffPolicyTrainer:
             recent_lengths=meta["recent_lengths"],
             last_train=meta["last_train"],
             wall_time_s=meta["wall_time_s"],
+            metrics_lines=meta["metrics_lines"],
+            final_eval=meta["final_eval"],
         )
-
-
-def _crossed(step: int, steps_taken: int, every: int) -> bool:
-    return step // every > (step - steps_taken) // every
 
 
 def make_envs(config: Config):

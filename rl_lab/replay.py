@@ -79,13 +79,18 @@ class ReplayBuffer:
         return arrays
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore from `state_dict()`; every field is checked before any is written, so a mismatch changes nothing."""
+        missing = [name for name in (*self.FIELDS, "pos_size") if name not in arrays]
+        if missing:
+            raise UserError(f"checkpoint replay buffer lacks {', '.join(missing)} (the checkpoint is incomplete)")
         pos, size = (int(v) for v in arrays["pos_size"])
         for name in self.FIELDS:
             target, saved = getattr(self, name), arrays[name]
-            if saved.shape[1:] != target.shape[1:] or saved.dtype != target.dtype or size > self.capacity:
+            if saved.shape != (size, *target.shape[1:]) or saved.dtype != target.dtype or size > self.capacity:
                 raise UserError(
                     f"checkpoint replay buffer field {name!r} has shape {saved.shape}/{saved.dtype}, "
                     f"the config expects (<={self.capacity}, {target.shape[1:]})/{target.dtype}"
                 )
-            target[:size] = saved
+        for name in self.FIELDS:
+            getattr(self, name)[:size] = arrays[name]
         self.pos, self.size = pos, size

@@ -22,7 +22,6 @@ from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate, format_eval_table
 from rl_lab.logger import RunLogger
 from rl_lab.offpolicy import OffPolicyTrainer, make_envs
-from rl_lab.plots import plot_learning_curve
 from rl_lab.seeding import seed_everything
 
 
@@ -61,6 +60,8 @@ def train_new(config_path: str | Path, overrides: list[str]) -> Path:
     config_path = Path(config_path)
     config = load_config(config_path, overrides)
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config_path, config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} is a file, not a directory; choose another run.dir=...")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(
             f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
@@ -71,22 +72,24 @@ def train_new(config_path: str | Path, overrides: list[str]) -> Path:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
     write_atomic(run_dir / "config.yaml", to_yaml(config))
-    _train(session, run_dir, resume_step=None)
+    _train(session, run_dir, resume=False)
     return run_dir
 
 
 def train_resume(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     config = load_config(_run_config_path(run_dir))
+    if (run_dir / "summary.json").is_file():
+        raise UserError(f"run {run_dir} already finished (summary.json exists); evaluate it: rl-lab eval {run_dir}")
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     session = build(config)
     session.trainer.resume(run_dir)
     print(f"resuming {run_dir} from {checkpoint.name}")
-    _train(session, run_dir, resume_step=session.trainer.state.step)
+    _train(session, run_dir, resume=True)
     return run_dir
 
 
-def _train(session: Session, run_dir: Path, resume_step: int | None) -> None:
+def _train(session: Session, run_dir: Path, resume: bool) -> None:
     config = session.config
     logger = RunLogger(
         run_dir,
@@ -97,7 +100,8 @@ def _train(session: Session, run_dir: Path, resume_step: int | None) -> None:
         run_name=run_dir.name,
         total_steps=config.train.total_steps,
         progress=config.logger.progress,
-        resume_step=resume_step,
+        resume_lines=session.trainer.state.metrics_lines if resume else None,
+        initial_step=session.trainer.state.step,
     )
     try:
         summary = session.trainer.run(run_dir, logger)
@@ -105,6 +109,8 @@ def _train(session: Session, run_dir: Path, resume_step: int | None) -> None:
         logger.summary(summary)
     finally:
         logger.close()
+    from rl_lab.plots import plot_learning_curve  # matplotlib: imported only by runs that get this far
+
     curve = plot_learning_curve(
         run_dir / "metrics.jsonl",
         run_dir / "plots" / "learning_curve.png",

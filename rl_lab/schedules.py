@@ -7,3 +7,8 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
         return end
     fraction = min(step / duration, 1.0)
     return start + fraction * (end - start)
+
+
+def crossed(step: int, steps_taken: int, every: int) -> bool:
+    """Did the step counter pass a multiple of `every` in the last `steps_taken` steps (N envs step at once)?"""
+    return step // every > (step - steps_taken) // every

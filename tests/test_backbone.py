@@ -27,9 +27,7 @@ CNN = EncoderSpec("nature_cnn", (4, 84, 84), {})
 
 
 def _frames(batch: int = 2) -> torch.Tensor:
-    return torch.randint(
-        0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    return torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
 def test_registry_lists_both_encoders() -> None:

@@ -115,7 +115,7 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     RunLogger(run_dir, {}, wandb_mode="offline", progress=False).close()
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
-    RunLogger(run_dir, {}, wandb_mode="offline", progress=False, resume_step=0).close()
+    RunLogger(run_dir, {}, wandb_mode="offline", progress=False, resume_lines=0).close()
     logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert [p.name for p in logs] == [f"run-{run_id}.wandb"] * 2
 
@@ -141,7 +141,7 @@ def test_metrics_jsonl_is_byte_identical_across_runs(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
 
 
-def test_resume_step_truncates_then_appends(tmp_path: Path) -> None:
+def test_resume_lines_truncates_then_appends(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path, {}, wandb_mode="disabled", progress=False)
     for step in (0, 100, 200, 300):
         logger.log(step, {"return": step / 7})
@@ -151,7 +151,7 @@ def test_resume_step_truncates_then_appends(tmp_path: Path) -> None:
     with path.open("a") as f:
         f.write('{"step": 400, "ret')  # torn line from a crash mid-write
 
-    logger = RunLogger(tmp_path, {}, wandb_mode="disabled", progress=False, resume_step=200)
+    logger = RunLogger(tmp_path, {}, wandb_mode="disabled", progress=False, resume_lines=3)
     assert path.read_text() == "".join(before[:3])
     logger.log(300, {"return": -1.0})
     logger.close()
@@ -221,7 +221,7 @@ def test_progress_bar_on_a_tty_shows_step_and_fields(tmp_path: Path, monkeypatch
             return True
 
     monkeypatch.setattr(sys, "stderr", Tty())
-    logger = RunLogger(tmp_path, {}, wandb_mode="disabled", total_steps=1000, resume_step=200)
+    logger = RunLogger(tmp_path, {}, wandb_mode="disabled", total_steps=1000, initial_step=200)
     logger.progress(500, loss=0.25, algo="dqn")
     logger.close()
     out = sys.stderr.getvalue()

@@ -50,9 +50,7 @@ class EncoderSpec:
             raise UserError(f"invalid encoder spec: expected a mapping with name and input_shape, got {d!r}")
         extra = sorted(set(d) - {"name", "input_shape", "kwargs"})
         if extra:
-            raise UserError(
-                f"invalid encoder spec: unknown key(s) {extra}; allowed: name, input_shape, kwargs"
-            )
+            raise UserError(f"invalid encoder spec: unknown key(s) {extra}; allowed: name, input_shape, kwargs")
         name, shape, kwargs = d.get("name"), d.get("input_shape"), d.get("kwargs", {})
         if not isinstance(name, str):
             raise UserError(f"invalid encoder spec: 'name' must be a string, got {name!r}")
@@ -214,8 +212,7 @@ def resolve_spec(spec: EncoderSpec) -> EncoderSpec:
             )
     if not (spec.input_shape and all(_is_int(d) and d > 0 for d in spec.input_shape)):
         raise UserError(
-            f"encoder '{spec.name}' input_shape must be a non-empty list of positive ints, "
-            f"got {spec.input_shape}"
+            f"encoder '{spec.name}' input_shape must be a non-empty list of positive ints, got {spec.input_shape}"
         )
     resolved = EncoderSpec(spec.name, spec.input_shape, {**cls.defaults, **spec.kwargs})
     cls.check(resolved)

@@ -56,9 +56,7 @@ def _existing(directory: Path, name: str) -> Path:
     if not directory.exists():
         raise UserError(f"no encoder saved at {directory}: path not found; check the path")
     if not directory.is_dir():
-        raise UserError(
-            f"no encoder saved at {directory}: it is a file; pass the directory save_encoder wrote"
-        )
+        raise UserError(f"no encoder saved at {directory}: it is a file; pass the directory save_encoder wrote")
     file = directory / name
     if not file.is_file():
         raise UserError(f"no encoder saved at {directory}: {file} is missing; re-save the encoder")

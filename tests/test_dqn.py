@@ -1,0 +1,230 @@
+"""DQN on CartPole's spaces with hand-set linear Q-networks, so every Q-value and target is known exactly."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.dqn import DQN, DQNConfig
+from rl_lab.config import EncoderConfig
+from rl_lab.errors import UserError
+from rl_lab.replay import Batch, ReplayBuffer
+
+ENV = gym.make("CartPole-v1")  # observation Box(4,), actions Discrete(2)
+GAMMA = 0.9
+
+# With no hidden layer the encoder is the identity, so Q(s) = W s + b with W (2x4) and b (2) set by hand.
+ONLINE_W = [[0, 0, 1, 0], [0, 0, 0, 1]]  # online argmax compares s[2] with s[3]
+TARGET_W = [[1, 0, 0, 0], [0, 1, 0, 0]]  # target values are s[0] and s[1]
+
+# next_obs rows chosen so that the online argmax and the target argmax differ in rows 0 and 1
+NEXT_OBS = [[3, 1, 0, 1], [1, 2, 5, 0], [4, -1, 2, 0], [0.5, 2.5, 0, 3]]
+REWARDS = [1, -1, 2, 0.5]
+TERMINATED = [False, False, True, False]  # row 2 ended for real; row 3 stands for a time-limit truncation
+PLAIN_TARGET = [1 + GAMMA * 3, -1 + GAMMA * 2, 2, 0.5 + GAMMA * 2.5]  # max over target Q
+DOUBLE_TARGET = [1 + GAMMA * 1, -1 + GAMMA * 1, 2, 0.5 + GAMMA * 2.5]  # target Q at the online argmax
+
+
+def make_agent(hidden_sizes=(), total_steps: int = 1000, **overrides) -> DQN:
+    settings = {"gamma": GAMMA, "learning_starts": 0, "train_freq": 1, "target_update_interval": 10**6}
+    settings.update(overrides)
+    cfg = DQNConfig(encoder=EncoderConfig("mlp", {"hidden_sizes": list(hidden_sizes)}), **settings)
+    return DQN(cfg, ENV.observation_space, ENV.action_space, torch.device("cpu"), total_steps)
+
+
+def set_linear(net: torch.nn.Module, weight, bias=(0.0, 0.0)) -> None:
+    with torch.no_grad():
+        net.head.linear.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        net.head.linear.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+
+
+def hand_set_agent(**overrides) -> DQN:
+    agent = make_agent(**overrides)
+    set_linear(agent.q_net, ONLINE_W)
+    set_linear(agent.target_net, TARGET_W)
+    return agent
+
+
+def tensor(values, dtype=torch.float32) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+@pytest.mark.parametrize(("double_dqn", "expected"), [(False, PLAIN_TARGET), (True, DOUBLE_TARGET)])
+def test_td_target_by_hand(double_dqn, expected):
+    agent = hand_set_agent(double_dqn=double_dqn)
+    target = agent.td_target(tensor(REWARDS), tensor(NEXT_OBS), tensor(TERMINATED, torch.bool))
+    torch.testing.assert_close(target, tensor(expected))
+    # the same batch with a leading (G, B) shape, as the training phase uses it
+    target = agent.td_target(
+        tensor(REWARDS).reshape(2, 2), tensor(NEXT_OBS).reshape(2, 2, 4), tensor(TERMINATED, torch.bool).reshape(2, 2)
+    )
+    torch.testing.assert_close(target, tensor(expected).reshape(2, 2))
+
+
+def one_transition_buffer(next_obs, reward: float, terminated: bool, truncated: bool) -> ReplayBuffer:
+    buffer = ReplayBuffer(4, (4,), np.float32)
+    obs = np.array([[0.0, 0.0, 1.0, 2.0]], dtype=np.float32)  # online Q(obs) = (1, 2)
+    action, next_obs = np.array([1]), np.array([next_obs], np.float32)
+    buffer.add(obs, action, np.array([reward], np.float32), next_obs, np.array([terminated]), np.array([truncated]))
+    return buffer
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+@pytest.mark.parametrize(
+    ("terminated", "truncated"), [(True, False), (False, True), (False, False)], ids=["terminated", "truncated", "mid"]
+)
+def test_training_phase_bootstraps_on_truncation_not_termination(double_dqn, terminated, truncated):
+    """Through the real path (replay buffer -> train): the loss reported is that of the hand-computed target."""
+    agent = hand_set_agent(double_dqn=double_dqn, loss="mse", batch_size=4)
+    next_obs = NEXT_OBS[0]  # target max 3, target at online argmax 1
+    buffer = one_transition_buffer(next_obs, reward=1.0, terminated=terminated, truncated=truncated)
+    metrics = agent.train(buffer, step=1, steps_taken=1, rng=np.random.default_rng(0))
+    bootstrap = 0.0 if terminated else GAMMA * (1.0 if double_dqn else 3.0)
+    q_taken = 2.0  # action 1 in obs
+    assert metrics["q_mean"] == pytest.approx(q_taken)
+    assert metrics["loss"] == pytest.approx((q_taken - (1.0 + bootstrap)) ** 2)
+
+
+@pytest.mark.parametrize(("loss", "expected"), [("huber", (2.5 + 0.125) / 2), ("mse", (9 + 0.25) / 2)])
+def test_loss_selection(loss, expected):
+    agent = hand_set_agent(loss=loss)
+    obs = tensor([[0, 0, 1, 2], [0, 0, 4, 0]])  # online Q: (1, 2) and (4, 0)
+    no = tensor([0, 0], torch.bool)
+    batch = Batch(obs, tensor([1, 0], torch.int64), tensor([0, 0]), obs, terminated=no, truncated=no)
+    value, q_taken = agent.loss(batch, target=tensor([5.0, 3.5]))  # errors 3 (linear part) and 0.5 (quadratic)
+    torch.testing.assert_close(q_taken, tensor([2.0, 4.0]))
+    assert value.item() == pytest.approx(expected)
+
+
+def random_buffer(capacity: int, seed: int) -> ReplayBuffer:
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(capacity, (4,), np.float32)
+    buffer.add(
+        rng.normal(size=(capacity, 4)).astype(np.float32),
+        rng.integers(2, size=capacity),
+        rng.normal(size=capacity).astype(np.float32),
+        rng.normal(size=(capacity, 4)).astype(np.float32),
+        rng.random(capacity) < 0.2,
+        rng.random(capacity) < 0.1,
+    )
+    return buffer
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_one_phase_of_g_steps_equals_g_single_step_phases(double_dqn):
+    """The fast path (all G batches sampled at once, target-net values for all of them precomputed) must train
+    exactly like G phases of one gradient step each on the same batches (the target net is fixed throughout)."""
+    g, b, seed = 8, 32, 7
+    buffer = random_buffer(256, seed=1)  # 256 slots: numpy draws (G, B) indices as G draws of (1, B)
+    idx_all = buffer.sample_indices((g, b), np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    idx_steps = np.concatenate([buffer.sample_indices((1, b), rng) for _ in range(g)])
+    np.testing.assert_array_equal(idx_all, idx_steps)  # so both agents see the same batches in the same order
+    assert len({tuple(row) for row in idx_all.tolist()}) == g
+
+    common = {"hidden_sizes": [16], "batch_size": b, "lr": 1e-2, "double_dqn": double_dqn, "max_grad_norm": 1.0}
+    torch.manual_seed(0)
+    fast = make_agent(gradient_steps=g, **common)
+    with torch.no_grad():  # a target net unlike the online net, so using the wrong one would show
+        for p in fast.target_net.parameters():
+            p.add_(torch.randn_like(p))
+    slow = make_agent(gradient_steps=1, **common)
+    slow.q_net.load_state_dict(fast.q_net.state_dict())
+    slow.target_net.load_state_dict(fast.target_net.state_dict())
+    start = [p.clone() for p in fast.q_net.parameters()]
+    target_before = [p.clone() for p in fast.target_net.parameters()]
+
+    fast_metrics = fast.train(buffer, step=1, steps_taken=1, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    slow_metrics = [slow.train(buffer, step=s, steps_taken=1, rng=rng) for s in range(1, g + 1)]
+
+    for p_fast, p_slow, p0 in zip(fast.q_net.parameters(), slow.q_net.parameters(), start, strict=True):
+        assert (p_fast - p0).abs().max() > 1e-3, "the phase should have moved the weights"
+        torch.testing.assert_close(p_fast, p_slow, rtol=1e-5, atol=1e-6)
+    for p_fast, p_slow, p0 in zip(
+        fast.target_net.parameters(), slow.target_net.parameters(), target_before, strict=True
+    ):
+        assert torch.equal(p_fast, p0) and torch.equal(p_slow, p0), "no target update was due"
+    assert fast_metrics["loss"] == pytest.approx(np.mean([m["loss"] for m in slow_metrics]), rel=1e-5)
+    assert fast_metrics["q_mean"] == pytest.approx(np.mean([m["q_mean"] for m in slow_metrics]), rel=1e-5)
+
+
+def test_no_training_before_learning_starts_and_between_train_freq():
+    agent = make_agent(learning_starts=100, train_freq=4)
+    buffer = random_buffer(64, seed=2)
+    before = [p.clone() for p in agent.q_net.parameters()]
+    assert agent.train(buffer, step=99, steps_taken=1, rng=np.random.default_rng(0)) is None
+    assert agent.train(buffer, step=101, steps_taken=1, rng=np.random.default_rng(0)) is None  # 101 % 4 != 0
+    assert all(torch.equal(p, q) for p, q in zip(agent.q_net.parameters(), before, strict=True))
+    assert agent.train(buffer, step=105, steps_taken=2, rng=np.random.default_rng(0)) is not None  # 104, 105
+
+
+def test_epsilon_schedule_start_middle_end():
+    agent = make_agent(exploration_initial=1.0, exploration_final=0.1, exploration_fraction=0.5, total_steps=1000)
+    assert agent.epsilon(0) == pytest.approx(1.0)
+    assert agent.epsilon(250) == pytest.approx(0.55)  # halfway through the 500 decay steps
+    assert agent.epsilon(500) == pytest.approx(0.1)
+    assert agent.epsilon(999) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("epsilon", "expected_random_share"), [(0.0, 0.0), (0.5, 0.25), (1.0, 0.5)])
+def test_act_is_epsilon_greedy(epsilon, expected_random_share):
+    agent = hand_set_agent(exploration_initial=epsilon, exploration_final=epsilon)
+    obs = np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32)
+    greedy = (obs[:, 3] > obs[:, 2]).astype(np.int64)  # argmax of the hand-set online Q = (s[2], s[3])
+    np.testing.assert_array_equal(agent.greedy(obs), greedy)
+    actions = agent.act(obs, step=0, rng=np.random.default_rng(1))
+    # a random action differs from the greedy one half the time
+    assert np.mean(actions != greedy) == pytest.approx(expected_random_share, abs=0.03)
+
+
+def fill(net: torch.nn.Module, value: float) -> None:
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(value)
+
+
+def target_values(agent: DQN) -> set[float]:
+    return {v for p in agent.target_net.parameters() for v in p.flatten().tolist()}
+
+
+def test_hard_target_update_copies_at_the_interval():
+    agent = make_agent(hidden_sizes=[8], target_update_interval=100, learning_starts=10**6)
+    empty = ReplayBuffer(8, (4,), np.float32)
+    fill(agent.q_net, 1.0)
+    fill(agent.target_net, 0.0)
+    agent.train(empty, step=99, steps_taken=1, rng=None)
+    assert target_values(agent) == {0.0}
+    agent.train(empty, step=100, steps_taken=1, rng=None)
+    assert target_values(agent) == {1.0}
+    fill(agent.q_net, 2.0)
+    agent.train(empty, step=150, steps_taken=1, rng=None)
+    assert target_values(agent) == {1.0}
+    agent.train(empty, step=202, steps_taken=4, rng=None)  # 4 envs: steps 199..202 passed 200
+    assert target_values(agent) == {2.0}
+
+
+def test_polyak_target_update_with_tau():
+    agent = make_agent(hidden_sizes=[8], target_update_interval=100, learning_starts=10**6, tau=0.25)
+    empty = ReplayBuffer(8, (4,), np.float32)
+    fill(agent.q_net, 1.0)
+    fill(agent.target_net, 0.0)
+    agent.train(empty, step=100, steps_taken=1, rng=None)
+    assert target_values(agent) == {0.25}
+    agent.train(empty, step=200, steps_taken=1, rng=None)
+    assert target_values(agent) == {0.25 + 0.25 * 0.75}
+
+
+def test_continuous_actions_are_a_user_error():
+    box = gym.spaces.Box(-1, 1, (2,))
+    with pytest.raises(UserError, match="discrete"):
+        DQN(DQNConfig(), ENV.observation_space, box, torch.device("cpu"), 1000)
+
+
+def test_lr_end_anneals_the_learning_rate():
+    agent = make_agent(lr=1e-2, lr_end=0.0, total_steps=1000)
+    buffer = random_buffer(64, seed=3)
+    agent.train(buffer, step=500, steps_taken=1, rng=np.random.default_rng(0))
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3, rel=0.05)
