@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "rl-lab: interrupted; a checkpoint was saved, continue with rl-lab train --resume RUN_DIR",
+            "rl-lab: interrupted; continue from the last checkpoint with rl-lab train --resume RUN_DIR",
             file=sys.stderr,
         )
         return 130

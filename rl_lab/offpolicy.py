@@ -67,45 +67,41 @@ class OffPolicyTrainer:
         total = c.train.total_steps
         start_step, start_time = state.step, time.perf_counter()
         window_step, window_time = state.step, start_time
-        try:
-            while state.step < total:
-                actions = self.agent.act(self.obs, state.step, self.rng)
-                next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-                state.step += n
-                done = terminated | truncated
-                real_next_obs = next_obs.copy()  # the vector env already reset finished envs
-                for i in np.flatnonzero(done):
-                    real_next_obs[i] = infos["final_obs"][i]
-                self.buffer.add(self.obs, actions, rewards, real_next_obs, terminated, truncated)
-                self.obs = next_obs
-                self._track_episodes(rewards, done)
+        while state.step < total:
+            actions = self.agent.act(self.obs, state.step, self.rng)
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+            state.step += n
+            done = terminated | truncated
+            real_next_obs = next_obs.copy()  # the vector env already reset finished envs
+            for i in np.flatnonzero(done):
+                real_next_obs[i] = infos["final_obs"][i]
+            self.buffer.add(self.obs, actions, rewards, real_next_obs, terminated, truncated)
+            self.obs = next_obs
+            self._track_episodes(rewards, done)
 
-                metrics = self.agent.train(self.buffer, state.step, n, self.rng)
-                if metrics is not None:
-                    state.last_train = metrics
+            metrics = self.agent.train(self.buffer, state.step, n, self.rng)
+            if metrics is not None:
+                state.last_train = metrics
 
-                row = {}
-                if crossed(state.step, n, c.logger.log_every):
-                    row.update(self._train_metrics())
-                if c.eval.every and crossed(state.step, n, c.eval.every) and state.step < total:
-                    row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-                if row:
-                    now = time.perf_counter()
-                    sps = (state.step - window_step) / max(now - window_time, 1e-9)
-                    window_step, window_time = state.step, now
-                    logger.log(state.step, row, extra={"time/sps": sps})
-                    logger.progress(
-                        state.step,
-                        sps=f"{sps:.0f}",
-                        ret=f"{row.get('train/episode_return', float('nan')):.1f}",
-                        eps=f"{self.agent.epsilon(state.step):.3f}",
-                        loss=f"{state.last_train.get('loss', float('nan')):.4f}",
-                    )
-                if c.run.checkpoint_every and crossed(state.step, n, c.run.checkpoint_every):
-                    self.save(run_dir, start_time, logger)
-        except KeyboardInterrupt:
-            self.save(run_dir, start_time, logger)
-            raise
+            row = {}
+            if crossed(state.step, n, c.logger.log_every):
+                row.update(self._train_metrics())
+            if c.eval.every and crossed(state.step, n, c.eval.every) and state.step < total:
+                row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            if row:
+                now = time.perf_counter()
+                sps = (state.step - window_step) / max(now - window_time, 1e-9)
+                window_step, window_time = state.step, now
+                logger.log(state.step, row, extra={"time/sps": sps})
+                logger.progress(
+                    state.step,
+                    sps=f"{sps:.0f}",
+                    ret=f"{row.get('train/episode_return', float('nan')):.1f}",
+                    eps=f"{self.agent.epsilon(state.step):.3f}",
+                    loss=f"{state.last_train.get('loss', float('nan')):.4f}",
+                )
+            if c.run.checkpoint_every and crossed(state.step, n, c.run.checkpoint_every):
+                self.save(run_dir, start_time, logger)
         train_time = state.wall_time_s + time.perf_counter() - start_time
         if state.final_eval is None:  # a run resumed after its final checkpoint has logged this already
             state.final_eval = self.evaluate()
