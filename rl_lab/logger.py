@@ -107,6 +107,9 @@ class RunLogger:
         """Start (or, with the id saved in run_dir, continue) the W&B run, silently and with a bounded wait."""
         import wandb
 
+        # Our top-level `agents` package looks to wandb like an LLM-agents SDK; skip its Weave suggestion.
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+
         id_file = run_dir / "wandb_id.txt"
         if not id_file.exists():
             id_file.write_text(secrets.token_hex(4) + "\n")
