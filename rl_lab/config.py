@@ -111,7 +111,7 @@ class Config:
     agent: Any  # the agent's own dataclass, chosen by `agent.name`
     seed: int = 0
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    torch_threads: int = 1  # small networks run fastest single-threaded; 0 = torch's default
+    torch_threads: int = 0  # 0 = torch's default (one per core)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
