@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from rl_lab.errors import UserError
+from rl_lab.fileio import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -131,13 +132,6 @@ def load_module_state(module: torch.nn.Module, state: dict, what: str) -> None:
                 f"the model expects {tuple(tensor.shape)} (check the encoder/network settings)"
             )
     module.load_state_dict(state)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:

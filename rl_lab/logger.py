@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rl_lab.errors import UserError
+from rl_lab.fileio import write_atomic
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -59,9 +60,7 @@ def _truncate(path: Path, lines: int) -> None:
         return
     with path.open(encoding="utf-8") as f:
         keep = [line for line in f if line.endswith("\n")][:lines]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(keep))
 
 
 class RunLogger:

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from agents import AGENTS
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint
 from rl_lab.config import Config, load_config, to_yaml
 from rl_lab.device import select_device
 from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate, format_eval_table
+from rl_lab.fileio import write_atomic
 from rl_lab.logger import RunLogger
 from rl_lab.offpolicy import OffPolicyTrainer, make_envs
 from rl_lab.seeding import seed_everything

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import safetensors
@@ -21,23 +20,10 @@ from torch import nn
 
 from rl_lab.backbone.encoders import Encoder, EncoderSpec, build_encoder, resolve_spec
 from rl_lab.errors import UserError
+from rl_lab.fileio import write_atomic
 
 SPEC_FILE = "encoder.json"
 WEIGHTS_FILE = "encoder.safetensors"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path via a synced temp file and os.replace; on failure the old file stays intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
@@ -48,8 +34,8 @@ def save_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     spec_json = json.dumps(encoder.spec.to_dict(), sort_keys=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, safetensors.torch.save(state, metadata={"spec": spec_json}))
-    _atomic_write(directory / SPEC_FILE, (spec_json + "\n").encode())
+    write_atomic(directory / WEIGHTS_FILE, safetensors.torch.save(state, metadata={"spec": spec_json}))
+    write_atomic(directory / SPEC_FILE, (spec_json + "\n").encode())
 
 
 def _existing(directory: Path, name: str) -> Path:
