@@ -75,6 +75,8 @@ class QNetwork(nn.Module):
 
 
 class DQN:
+    loop = "offpolicy"  # trained by rl_lab.offpolicy.OffPolicyTrainer
+
     def __init__(
         self,
         cfg: DQNConfig,

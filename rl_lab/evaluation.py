@@ -21,6 +21,8 @@ def evaluate(
     """Returns and lengths of `episodes` episodes under `policy` (epsilon-greedy when epsilon > 0).
 
     Each parallel env runs a fixed quota of episodes, so short episodes cannot crowd out long ones.
+    A stateful policy (e.g. recurrent) may define `reset(mask)`: it is called with all True before the first
+    step and with the envs whose episode just ended after each step.
     """
     n = min(episodes, max_parallel)
     quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
@@ -30,6 +32,9 @@ def evaluate(
     returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
     ep_return, ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
     obs, _ = envs.reset(seed=seed)
+    reset = getattr(policy, "reset", None)
+    if reset is not None:
+        reset(np.ones(n, dtype=bool))
     while any(len(r) < q for r, q in zip(returns, quota, strict=True)):
         actions = policy(obs)
         if epsilon > 0:
@@ -38,6 +43,8 @@ def evaluate(
         obs, rewards, terminated, truncated, _ = envs.step(actions)
         ep_return += rewards
         ep_length += 1
+        if reset is not None:
+            reset(terminated | truncated)
         for i in np.flatnonzero(terminated | truncated):
             if len(returns[i]) < quota[i]:
                 returns[i].append(ep_return[i])

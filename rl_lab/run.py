@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,16 @@ from rl_lab.seeding import seed_everything
 @dataclass
 class Session:
     config: Config
-    trainer: OffPolicyTrainer
+    trainer: Any  # the agent's training loop (see LOOPS)
+
+
+def _loops() -> dict[str, type]:
+    """Training loops by the name an agent class declares in its `loop` attribute.
+
+    A loop takes (config, agent, envs, rng) and offers run(run_dir, logger) -> summary, resume(run_dir),
+    `agent` and `state` (with `step` and `metrics_lines`).
+    """
+    return {"offpolicy": OffPolicyTrainer}
 
 
 def build(config: Config) -> Session:
@@ -50,7 +60,7 @@ def build(config: Config) -> Session:
         )
     except UserError as err:
         raise UserError(f"agent: {err}") from None
-    return Session(config, OffPolicyTrainer(config, agent, envs, rng))
+    return Session(config, _loops()[agent_cls.loop](config, agent, envs, rng))
 
 
 def default_run_dir(config_path: Path, config: Config) -> Path:
