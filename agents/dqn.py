@@ -1,7 +1,10 @@
-"""DQN with experience replay (Mnih et al. 2015), with an optional Double-DQN target (van Hasselt et al. 2016).
+"""DQN with experience replay (Mnih et al. 2015) and the Rainbow extensions that pay off most, each a flag:
+Double DQN (van Hasselt et al. 2016), a dueling head (Wang et al. 2016), prioritized replay (Schaul et al. 2016)
+and n-step returns (Sutton 1988; Hessel et al. 2018).
 
-Read top to bottom: the config, the Q-network (a backbone encoder plus a linear head), epsilon-greedy acting,
-the TD target, and the update. Env stepping, replay storage, logging and checkpoints live in rl_lab.
+Read top to bottom: the config, the Q-network (a backbone encoder plus a linear or dueling head), epsilon-greedy
+acting, the TD target, and the update. Env stepping, replay storage (uniform, frame-stacked, prioritized, n-step
+returns), logging and checkpoints live in rl_lab.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_lab.backbone import EncoderSpec, LinearHead, build_encoder
+from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
 from rl_lab.checkpoint import load_module_state
 from rl_lab.config import EncoderConfig, check
 from rl_lab.errors import UserError
-from rl_lab.replay import Batch, ReplayBuffer
+from rl_lab.replay import Batch
 from rl_lab.schedules import crossed, linear_schedule
 
 
@@ -44,6 +48,15 @@ class DQNConfig:
     loss: Literal["huber", "mse"] = "huber"
     max_grad_norm: float | None = 10.0  # None = no clipping
     double_dqn: bool = False
+    dueling: bool = False  # Q = V + A - mean(A), two linear streams on the encoder features
+    n_step: int = 1  # bootstrap after n rewards: sum_k gamma^k r_k + gamma^n max_a Q(s_n, a)
+    prioritized: bool = False  # proportional prioritized replay
+    per_alpha: float = 0.5  # priority exponent (0 = uniform)
+    per_beta: float = 0.4  # importance-sampling exponent at the start, annealed to 1 over train.total_steps
+    per_eps: float = 1e-6  # added to |TD error| so no transition gets priority 0
+    replay_device: Literal["cpu", "train"] = "cpu"  # "train": keep Atari frames on the training device (GPU)
+    compile: bool = False  # torch.compile the Q-network (worth it on a GPU)
+    bf16: bool = False  # bfloat16 autocast for the forward passes of an update (for GPUs)
 
     def __post_init__(self):
         check(self.lr > 0, "lr", "must be > 0")
@@ -60,15 +73,33 @@ class DQNConfig:
         for key in ("exploration_initial", "exploration_final", "exploration_fraction"):
             check(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
         check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
+        check(self.n_step >= 1, "n_step", "must be >= 1")
+        check(self.per_alpha >= 0, "per_alpha", "must be >= 0")
+        check(0.0 <= self.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
+        check(self.per_eps > 0, "per_eps", "must be > 0")
+
+
+class DuelingHead(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) - mean_a A(s, a): the value is learnt from every action's updates."""
+
+    def __init__(self, in_dim: int, n_actions: int):
+        super().__init__()
+        self.value = nn.Linear(in_dim, 1)
+        self.advantage = nn.Linear(in_dim, n_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=-1, keepdim=True)
 
 
 class QNetwork(nn.Module):
-    """Q(s, .) for every action: a backbone encoder followed by a linear head."""
+    """Q(s, .) for every action: a backbone encoder followed by a linear or dueling head."""
 
-    def __init__(self, encoder_spec: EncoderSpec, n_actions: int):
+    def __init__(self, encoder_spec: EncoderSpec, n_actions: int, dueling: bool = False):
         super().__init__()
         self.encoder = build_encoder(encoder_spec)
-        self.head = LinearHead(self.encoder.out_dim, n_actions)
+        head = DuelingHead if dueling else LinearHead
+        self.head = head(self.encoder.out_dim, n_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(obs))
@@ -94,12 +125,17 @@ class DQN:
         self.total_steps = total_steps
         self.exploration_steps = int(cfg.exploration_fraction * total_steps)
         spec = EncoderSpec(cfg.encoder.name, tuple(self.obs_shape), cfg.encoder.kwargs)
-        self.q_net = QNetwork(spec, self.n_actions).to(device)
-        self.target_net = QNetwork(spec, self.n_actions).to(device)
+        self.q_net = QNetwork(spec, self.n_actions, cfg.dueling).to(device)
+        init_encoder(self.q_net.encoder, cfg.encoder)  # encoder.init (a saved encoder) and encoder.freeze
+        self.target_net = QNetwork(spec, self.n_actions, cfg.dueling).to(device)
         self.target_net.load_state_dict(self.q_net.state_dict())
         self.target_net.requires_grad_(False)
+        # compiled callables share the modules' parameters; state_dict() stays that of the plain modules
+        self.q_fn = torch.compile(self.q_net) if cfg.compile else self.q_net
+        self.target_fn = torch.compile(self.target_net) if cfg.compile else self.target_net
         # fused: one kernel for all parameters instead of a dozen small ops per tensor (matters for small nets)
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        groups = param_groups(self.q_net, self.q_net.encoder, cfg.encoder, cfg.lr)  # encoder at lr * lr_mult
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
 
     def epsilon(self, step: int) -> float:
         c = self.cfg
@@ -107,8 +143,15 @@ class DQN:
 
     @torch.inference_mode()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
-        q_values = self.q_net(torch.as_tensor(obs, device=self.device))
+        """One batched forward pass for all N envs (and a non-blocking copy to a GPU)."""
+        obs = torch.from_numpy(np.asarray(obs))
+        if self.device.type == "cuda":
+            obs = obs.pin_memory().to(self.device, non_blocking=True)
+        q_values = self.q_fn(obs.to(self.device))
         return q_values.argmax(dim=1).cpu().numpy()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def act(self, obs: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
         """Epsilon-greedy for a batch of N envs; skips the network when every env explores."""
@@ -126,28 +169,39 @@ class DQN:
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
         next_q_target: torch.Tensor | None = None,
+        discount: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """r + gamma * max_a' Q_target(s', a'), with no bootstrap after termination (truncation does bootstrap).
 
-        Double DQN picks a' with the online network and evaluates it with the target network.
+        Double DQN picks a' with the online network and evaluates it with the target network. For an n-step
+        return `rewards` is the discounted sum and `discount` holds gamma^m (m < n where the episode ended).
         `next_q_target` may hold Q_target(s', .) computed beforehand. Works on any leading batch shape.
         """
         flat_next = next_obs.reshape(-1, *self.obs_shape)
-        if next_q_target is None:
-            next_q_target = self.target_net(flat_next)
-        next_q_target = next_q_target.reshape(-1, self.n_actions)
-        if self.cfg.double_dqn:
-            best = self.q_net(flat_next).argmax(dim=1, keepdim=True)
-        else:
-            best = next_q_target.argmax(dim=1, keepdim=True)
+        with self.autocast():
+            if next_q_target is None:
+                next_q_target = self.target_fn(flat_next)
+            next_q_target = next_q_target.float().reshape(-1, self.n_actions)
+            if self.cfg.double_dqn:
+                best = self.q_fn(flat_next).argmax(dim=1, keepdim=True)
+            else:
+                best = next_q_target.argmax(dim=1, keepdim=True)
         next_value = next_q_target.gather(1, best).reshape(rewards.shape)
-        return rewards + self.cfg.gamma * (~terminated) * next_value
+        gamma = self.cfg.gamma if discount is None else discount
+        return rewards + gamma * (~terminated) * next_value
 
     def loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q_taken = self.q_net(batch.obs).gather(1, batch.actions.long().unsqueeze(1)).squeeze(1)
+        """Mean TD loss, weighted by the importance weights of prioritized replay when the batch has them."""
+        with self.autocast():
+            q_values = self.q_fn(batch.obs)
+        q_taken = q_values.float().gather(1, batch.actions.long().unsqueeze(1)).squeeze(1)
         if self.cfg.loss == "huber":
-            return F.smooth_l1_loss(q_taken, target), q_taken
-        return F.mse_loss(q_taken, target), q_taken
+            losses = F.smooth_l1_loss(q_taken, target, reduction="none")
+        else:
+            losses = F.mse_loss(q_taken, target, reduction="none")
+        if batch.weights is not None:
+            losses = losses * batch.weights
+        return losses.mean(), q_taken
 
     def update_target(self) -> None:
         online, target = list(self.q_net.parameters()), list(self.target_net.parameters())
@@ -157,7 +211,7 @@ class DQN:
             else:
                 torch._foreach_lerp_(target, online, self.cfg.tau)
 
-    def train(self, buffer: ReplayBuffer, step: int, steps_taken: int, rng: np.random.Generator) -> dict | None:
+    def train(self, buffer, step: int, steps_taken: int, rng: np.random.Generator) -> dict | None:
         """Called after every env step: updates the target net and runs a training phase when they are due."""
         c = self.cfg
         if crossed(step, steps_taken, c.target_update_interval):
@@ -168,22 +222,30 @@ class DQN:
         # Q_target(s', .) for all of them comes from one forward pass. Double DQN still needs the online net's
         # argmax at each step; plain DQN targets are then complete before the first step.
         if c.lr_end is not None:
-            self.optimizer.param_groups[0]["lr"] = linear_schedule(c.lr, c.lr_end, self.total_steps, step)
+            set_lr(self.optimizer, linear_schedule(c.lr, c.lr_end, self.total_steps, step))
+        if c.prioritized:
+            buffer.beta = linear_schedule(c.per_beta, 1.0, self.total_steps, step)
         batches = buffer.sample((c.gradient_steps, c.batch_size), rng, self.device)
-        with torch.no_grad():
-            next_q_target = self.target_net(batches.next_obs.reshape(-1, *self.obs_shape))
+        with torch.no_grad(), self.autocast():
+            next_q_target = self.target_fn(batches.next_obs.reshape(-1, *self.obs_shape)).float()
             next_q_target = next_q_target.reshape(c.gradient_steps, c.batch_size, self.n_actions)
         targets = None
         if not c.double_dqn:
-            targets = self.td_target(batches.rewards, batches.next_obs, batches.terminated, next_q_target)
+            targets = self.td_target(
+                batches.rewards, batches.next_obs, batches.terminated, next_q_target, batches.discount
+            )
         losses, q_means = [], []
         for g in range(c.gradient_steps):
-            batch = Batch(*(getattr(batches, name)[g] for name in ReplayBuffer.FIELDS))
+            batch = batches.row(g)
             if targets is None:
-                target = self.td_target(batch.rewards, batch.next_obs, batch.terminated, next_q_target[g])
+                target = self.td_target(
+                    batch.rewards, batch.next_obs, batch.terminated, next_q_target[g], batch.discount
+                )
             else:
                 target = targets[g]
             loss, q_taken = self.loss(batch, target)
+            if c.prioritized:
+                buffer.update_priorities(batch.indices, (target - q_taken).detach().cpu().numpy())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.max_grad_norm is not None:

@@ -1,4 +1,4 @@
-"""Environment factory: gymnasium ids (ALE included), vector envs, and envs whose state can be checkpointed."""
+"""Environment factory: gymnasium ids (Atari, MinAtar), vector envs, and envs whose state can be checkpointed."""
 
 from __future__ import annotations
 
@@ -10,19 +10,42 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from envs.atari import SeededResets, check_atari_id, is_atari, make_atari_env, make_atari_vector_env
 from rl_lab.errors import UserError
+
+# The lab's own envs. GridWorld's map, observation, step reward and slip are env.kwargs (see envs/gridworld.py).
+gym.register("GridWorld-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=200)
+gym.register("Glimpse-v0", entry_point="envs.glimpse:GlimpseEnv")  # RAM's task for any agent (envs/glimpse.py)
+gym.register("CartPoleNoVelocity-v1", entry_point="envs.wrappers:cartpole_no_velocity", max_episode_steps=500)
 
 
 @cache
 def _register_ale() -> None:
     import ale_py
 
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr for every env
     gym.register_envs(ale_py)
+
+
+@cache
+def _register_minatar() -> None:
+    """MinAtar's 10x10 games (`MinAtar/Breakout-v1`, ...): small pixel tasks a CNN learns in minutes on a CPU."""
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # minatar warns at import that seaborn (for its GUI) is missing
+    from minatar.gym import register_envs
+
+    register_envs()
 
 
 def check_env_id(env_id: str) -> None:
     """Fail early, with close matches, on an id gymnasium does not know."""
     _register_ale()
+    if is_atari(env_id):
+        check_atari_id(env_id, gym.registry)
+        return
+    if env_id.startswith("MinAtar/"):
+        _register_minatar()
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
@@ -82,26 +105,46 @@ def _to_builtin(value):
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
     check_env_id(env_id)
+    if is_atari(env_id):
+        kwargs.pop("ale_vector_env", None)
+        return ReplayableEnv(make_atari_env(env_id, **kwargs))
     try:
         env = gym.make(env_id, **kwargs)
     except TypeError as err:
         raise UserError(f"env.kwargs do not fit {env_id}: {err}") from None
+    if env_id.startswith("MinAtar/"):  # (10, 10, C) bool -> (C, 10, 10) uint8 planes, the layout CNNs take
+        space = env.observation_space
+        planes = gym.spaces.Box(0, 1, (space.shape[2], *space.shape[:2]), np.uint8)
+        env = gym.wrappers.TransformObservation(env, lambda obs: obs.transpose(2, 0, 1).astype(np.uint8), planes)
+        env = SeededResets(env)  # its game RNG is its own: reseed it at each reset so episodes replay
     return ReplayableEnv(env)
 
 
-def make_vector_env(env_id: str, num_envs: int, **kwargs) -> SyncVectorEnv:
-    """N copies in one process, reset in the same step they end (the final observation is in info)."""
+def make_vector_env(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
+    """N copies in one process, reset in the same step they end (the final observation is in info).
+
+    Atari with `env.kwargs.ale_vector_env: true` runs on ale-py's threaded AtariVectorEnv instead: faster with
+    many envs, but its state cannot be exported, so such a run cannot be resumed mid-run.
+    """
+    if is_atari(env_id) and kwargs.get("ale_vector_env"):
+        check_env_id(env_id)
+        kwargs = {k: v for k, v in kwargs.items() if k != "ale_vector_env"}
+        return make_atari_vector_env(env_id, num_envs, **kwargs)
     return SyncVectorEnv(
         [lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
 
 
-def snapshot_vector_env(envs: SyncVectorEnv) -> list[dict]:
+def snapshot_vector_env(envs: gym.vector.VectorEnv) -> list[dict]:
+    if not isinstance(envs, SyncVectorEnv):  # AtariVectorEnv: the emulators' state stays inside ale-py
+        return [{"not_replayable": type(envs).__name__}] * envs.num_envs
     return [env.snapshot() for env in envs.envs]
 
 
-def restore_vector_env(envs: SyncVectorEnv, snapshots: list[dict]) -> np.ndarray:
+def restore_vector_env(envs: gym.vector.VectorEnv, snapshots: list[dict]) -> np.ndarray:
     if len(snapshots) != envs.num_envs:
         raise UserError(f"checkpoint holds {len(snapshots)} env states but the config has {envs.num_envs} envs")
+    if not isinstance(envs, SyncVectorEnv) or any("not_replayable" in s for s in snapshots):
+        raise UserError("runs with env.kwargs.ale_vector_env=true cannot be resumed (ale-py keeps the env state)")
     return np.stack([env.restore(snap) for env, snap in zip(envs.envs, snapshots, strict=True)])

@@ -98,12 +98,16 @@ class EncoderConfig:
 
     name: str = "mlp"
     kwargs: dict = field(default_factory=dict)
+    init: str | None = None  # start from an encoder saved by `rl-lab export-encoder` (a directory)
+    freeze: bool = False  # keep the encoder's weights fixed (a linear probe when the head is linear)
+    lr_mult: float = 1.0  # encoder learning rate = lr * lr_mult (fine-tune the encoder slower than the head)
 
     def __post_init__(self):
         from rl_lab.backbone import encoder_names
 
         names = encoder_names()
         check(self.name in names, "name", f"unknown encoder; choose one of {', '.join(names)}")
+        check(self.lr_mult >= 0, "lr_mult", "must be >= 0")
 
 
 @dataclass
@@ -128,6 +132,86 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class DataConfig:
+    """A dataset of rl_lab.data, loaded by name; kwargs go to its loader (e.g. canvas size, clutter)."""
+
+    name: str = "mnist"
+    cache_dir: str | None = None  # downloads live here (default: $RL_LAB_DATA or ~/.cache/rl_lab/data)
+    val_fraction: float = 0.1  # share of the training data held out for validation
+    kwargs: dict = field(default_factory=dict)  # the dataset's own options (rl_lab.data.dataset_options)
+
+    def __post_init__(self):
+        from rl_lab.data import DATASETS
+        from rl_lab.data.captions import CAPTION_DATASETS  # images with sentences (task captioning)
+
+        names = (*DATASETS, *CAPTION_DATASETS)
+        check(self.name in names, "name", f"unknown dataset; choose one of {', '.join(names)}")
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+
+
+@dataclass
+class EpochTrainConfig:
+    """`train:` of a supervised task: passes over the data instead of environment steps."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    num_workers: int = 0  # DataLoader worker processes (0 = load batches in the training process)
+    early_stopping: int = 0  # stop after this many epochs without a lower validation loss; 0 = never
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.early_stopping >= 0, "early_stopping", "must be >= 0")
+
+
+@dataclass
+class TaskRunConfig:
+    dir: str | None = None  # default: runs/<config name>-s<seed>-<time>
+    keep_checkpoints: int = 2  # a checkpoint is written after every epoch
+
+    def __post_init__(self):
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+
+
+@dataclass
+class TaskConfig:
+    """A supervised experiment: `task.name` picks the task's dataclass as `agent.name` does for agents."""
+
+    task: Any
+    seed: int = 0
+    device: str = "auto"
+    torch_threads: int = 0
+    run: TaskRunConfig = field(default_factory=TaskRunConfig)
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(log_every=100))  # optimiser steps
+    data: DataConfig = field(default_factory=DataConfig)
+    train: EpochTrainConfig = field(default_factory=EpochTrainConfig)
+
+    __post_init__ = Config.__post_init__
+    to_dict = Config.to_dict
+
+
+def task_config_from_dict(data: dict, source: str) -> TaskConfig:
+    from rl_lab.tasks import TASK_CONFIGS
+
+    task = data.get("task")
+    names = ", ".join(sorted(TASK_CONFIGS))
+    if "agent" in data:
+        raise UserError(f"{source}: has both agent: and task:; an experiment is either an agent or a task")
+    if not isinstance(task, dict) or "name" not in task:
+        raise UserError(f"{source}: missing task.name (one of {names})")
+    if task["name"] not in TASK_CONFIGS:
+        raise UserError(f"{source}: task.name={task['name']!r} is not a task; choose one of {names}")
+    try:
+        return _build(TaskConfig, data, "", {"task": TASK_CONFIGS[task["name"]]})
+    except InvalidValue as err:
+        raise UserError(f"{source}: {err.key}: {err}") from None
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -179,6 +263,8 @@ def apply_override(data: dict, item: str) -> None:
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
+    if "task" in data:
+        return task_config_from_dict(data, source)
     agent_data = data.get("agent")
     if not isinstance(agent_data, dict) or "name" not in agent_data:
         raise UserError(f"{source}: missing agent.name (one of {', '.join(agent_names())})")

@@ -1,4 +1,9 @@
-"""Policy evaluation on fresh, separately seeded envs: exactly N complete episodes, run in parallel."""
+"""Policy evaluation on fresh, separately seeded envs: exactly N complete episodes, run in parallel.
+
+For Atari this is the protocol of the DQN papers: episodes start after random no-ops, are capped at 108k frames,
+score the raw game score (no clipping, a lost life does not end them), epsilon-greedy with eval.epsilon (0.05
+in the Atari configs), reported as mean +- std and as a human-normalised score.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from envs import make_vector_env
+from envs.atari import human_normalized
 
 
 def evaluate(
@@ -54,9 +60,10 @@ def evaluate(
     return {"returns": np.concatenate(returns), "lengths": np.concatenate(lengths)}
 
 
-def eval_stats(result: dict[str, np.ndarray]) -> dict[str, float]:
+def eval_stats(result: dict[str, np.ndarray], env_id: str | None = None) -> dict[str, float]:
+    """Summary of the returns; with `human_normalized` for a game with reference scores (envs.atari)."""
     returns = result["returns"]
-    return {
+    stats = {
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "return_min": float(returns.min()),
@@ -64,6 +71,10 @@ def eval_stats(result: dict[str, np.ndarray]) -> dict[str, float]:
         "length_mean": float(result["lengths"].mean()),
         "episodes": int(len(returns)),
     }
+    normalized = human_normalized(env_id, stats["return_mean"]) if env_id else None
+    if normalized is not None:
+        stats["human_normalized"] = normalized
+    return stats
 
 
 def format_eval_table(title: str, stats: dict[str, float]) -> str:
@@ -74,6 +85,8 @@ def format_eval_table(title: str, stats: dict[str, float]) -> str:
         ("return min / max", f"{stats['return_min']:.1f} / {stats['return_max']:.1f}"),
         ("episode length", f"{stats['length_mean']:.1f}"),
     ]
+    if "human_normalized" in stats:
+        rows.append(("human-normalised", f"{100 * stats['human_normalized']:.1f} %"))
     width = max(len(name) for name, _ in rows)
     lines = [title, "-" * max(len(title), 30)]
     lines += [f"{name:<{width}}  {value:>12}" for name, value in rows]

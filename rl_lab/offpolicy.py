@@ -4,6 +4,9 @@ The agent supplies `act(obs, step, rng)`, `train(buffer, step, steps_taken, rng)
 `greedy(obs)`, `epsilon(step)` and `state_dict()/load_state_dict()`. Everything the loop owns that a resumed run
 needs (counters, RNG states, replay, env episodes in progress) goes into each checkpoint, so a run killed at any
 point and resumed writes the same metrics.jsonl as an uninterrupted one.
+
+Episode returns are the env's raw scores; the replay stores the learning signals (for Atari: clipped rewards,
+loss of life as a terminal). Steps/s and the split of wall time between env, acting and learning go to W&B.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gymnasium.vector import SyncVectorEnv
 
 from envs import make_vector_env, restore_vector_env, snapshot_vector_env
+from envs.atari import is_atari, learning_signals
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl_lab.config import Config
 from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate
+from rl_lab.frame_replay import FrameReplay
 from rl_lab.logger import RunLogger
+from rl_lab.prioritized import Prioritized
 from rl_lab.replay import ReplayBuffer
 from rl_lab.schedules import crossed
 from rl_lab.seeding import rng_state, set_rng_state
@@ -43,14 +50,16 @@ class OffPolicyTrainer:
     def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
         self.config, self.agent, self.envs, self.rng = config, agent, envs, rng
         n = envs.num_envs
-        space = envs.single_observation_space
-        self.buffer = ReplayBuffer(config.agent.buffer_size, space.shape, space.dtype)
+        self.buffer = make_replay(config, envs, agent.device)
+        self.signals = learning_signals(config.env.id, config.env.kwargs)
         self.state = LoopState()
         self.episode_return = np.zeros(n)
         self.episode_length = np.zeros(n, dtype=np.int64)
-        self.obs, _ = envs.reset(seed=config.seed)
+        self.obs, infos = envs.reset(seed=config.seed)
+        self.signals.start(infos)
+        self.timers = {"env": 0.0, "act": 0.0, "learn": 0.0}  # seconds since the last log line
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, video_dir: Path | None = None) -> dict[str, float]:
         c = self.config
         result = evaluate(
             self.agent.greedy,
@@ -60,28 +69,35 @@ class OffPolicyTrainer:
             c.eval.epsilon,
             c.env.kwargs,
         )
-        return eval_stats(result)
+        return eval_stats(result, c.env.id)
 
     def run(self, run_dir: Path, logger: RunLogger) -> dict:
         c, state, n = self.config, self.state, self.envs.num_envs
         total = c.train.total_steps
         start_step, start_time = state.step, time.perf_counter()
         window_step, window_time = state.step, start_time
+        timers, clock = self.timers, time.perf_counter
         while state.step < total:
+            t0 = clock()
             actions = self.agent.act(self.obs, state.step, self.rng)
+            t1 = clock()
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+            t2 = clock()
             state.step += n
             done = terminated | truncated
             real_next_obs = next_obs.copy()  # the vector env already reset finished envs
             for i in np.flatnonzero(done):
                 real_next_obs[i] = infos["final_obs"][i]
-            self.buffer.add(self.obs, actions, rewards, real_next_obs, terminated, truncated)
+            learn_rewards, learn_terminated = self.signals(rewards, terminated, truncated, infos)
+            self.buffer.add(self.obs, actions, learn_rewards, real_next_obs, learn_terminated, truncated)
             self.obs = next_obs
             self._track_episodes(rewards, done)
-
             metrics = self.agent.train(self.buffer, state.step, n, self.rng)
             if metrics is not None:
                 state.last_train = metrics
+            timers["act"] += t1 - t0
+            timers["env"] += t2 - t1
+            timers["learn"] += clock() - t2  # replay storage counts as learning
 
             row = {}
             if crossed(state.step, n, c.logger.log_every):
@@ -90,9 +106,13 @@ class OffPolicyTrainer:
                 row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
             if row:
                 now = time.perf_counter()
-                sps = (state.step - window_step) / max(now - window_time, 1e-9)
+                elapsed = max(now - window_time, 1e-9)
+                sps = (state.step - window_step) / elapsed
+                # shares of wall time (evaluation, logging and checkpoints are the rest); W&B only: not deterministic
+                extra = {"time/sps": sps, **{f"time/{k}_frac": v / elapsed for k, v in timers.items()}}
                 window_step, window_time = state.step, now
-                logger.log(state.step, row, extra={"time/sps": sps})
+                timers.update(dict.fromkeys(timers, 0.0))
+                logger.log(state.step, row, extra=extra)
                 logger.progress(
                     state.step,
                     sps=f"{sps:.0f}",
@@ -143,6 +163,8 @@ class OffPolicyTrainer:
         arrays = {f"replay.{k}": v for k, v in self.buffer.state_dict().items()}
         arrays["episode_return"] = self.episode_return
         arrays["episode_length"] = self.episode_length
+        if self.signals.lives is not None:
+            arrays["lives"] = self.signals.lives
         meta = {
             "step": s.step,
             "episodes": s.episodes,
@@ -179,6 +201,8 @@ class OffPolicyTrainer:
         )
         self.episode_return[:] = arrays["episode_return"]
         self.episode_length[:] = arrays["episode_length"]
+        if "lives" in arrays:
+            self.signals.lives = arrays["lives"].copy()
         set_rng_state(self.rng, meta["rng"], torch_state["rng"])
         self.obs = restore_vector_env(self.envs, meta["envs"])
         self.state = LoopState(
@@ -195,3 +219,22 @@ class OffPolicyTrainer:
 
 def make_envs(config: Config):
     return make_vector_env(config.env.id, config.env.num_envs, **config.env.kwargs)
+
+
+def make_replay(config: Config, envs, device):
+    """Stacked Atari frames are stored once each (FrameReplay); other observations whole (ReplayBuffer).
+
+    Agents without replay options (n_step, prioritized, ...) get a plain uniform buffer.
+    """
+    agent = config.agent
+    n_step, gamma = getattr(agent, "n_step", 1), getattr(agent, "gamma", 0.99)
+    space = envs.single_observation_space
+    if is_atari(config.env.id):
+        pad = "repeat" if isinstance(envs, SyncVectorEnv) else "zero"  # FrameStackObservation / AtariVectorEnv
+        storage = device if getattr(agent, "replay_device", "cpu") == "train" else "cpu"
+        buffer = FrameReplay(agent.buffer_size, space.shape, envs.num_envs, n_step, gamma, pad, storage)
+    else:
+        buffer = ReplayBuffer(agent.buffer_size, space.shape, space.dtype, n_step=n_step, gamma=gamma)
+    if getattr(agent, "prioritized", False):
+        return Prioritized(buffer, agent.per_alpha, agent.per_eps)
+    return buffer

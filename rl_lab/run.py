@@ -17,14 +17,16 @@ import torch
 
 from agents import AGENTS
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint
-from rl_lab.config import Config, load_config, to_yaml
+from rl_lab.config import Config, TaskConfig, load_config, to_yaml
 from rl_lab.device import select_device
 from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate, format_eval_table
 from rl_lab.fileio import write_atomic
 from rl_lab.logger import RunLogger
 from rl_lab.offpolicy import OffPolicyTrainer, make_envs
+from rl_lab.onpolicy import OnPolicyTrainer
 from rl_lab.seeding import seed_everything
+from rl_lab.tasks.distributed import is_main_process
 
 
 @dataclass
@@ -39,11 +41,15 @@ def _loops() -> dict[str, type]:
     A loop takes (config, agent, envs, rng) and offers run(run_dir, logger) -> summary, resume(run_dir),
     `agent` and `state` (with `step` and `metrics_lines`).
     """
-    return {"offpolicy": OffPolicyTrainer}
+    return {"offpolicy": OffPolicyTrainer, "onpolicy": OnPolicyTrainer}
 
 
 def build(config: Config) -> Session:
     """Device, seeds, envs and agent; every UserError from here happens before any file is written."""
+    if isinstance(config, TaskConfig):  # a supervised task: data and model instead of envs and agent
+        from rl_lab.tasks.runner import build_task
+
+        return Session(config, build_task(config))
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     device = select_device(config.device)
@@ -73,7 +79,7 @@ def train_new(config_path: str | Path, overrides: list[str]) -> Path:
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config_path, config)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} is a file, not a directory; choose another run.dir=...")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(run_dir.iterdir()) and is_main_process():  # torchrun: rank 0 makes the dir
         raise UserError(
             f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
             f"or continue it with: rl-lab train --resume {run_dir}"
@@ -102,6 +108,11 @@ def train_resume(run_dir: str | Path) -> Path:
 
 def _train(session: Session, run_dir: Path, resume: bool) -> None:
     config = session.config
+    if isinstance(config, TaskConfig):
+        from rl_lab.tasks.runner import train_task
+
+        train_task(config, session.trainer, run_dir, resume)
+        return
     logger = RunLogger(
         run_dir,
         config.to_dict(),
@@ -134,10 +145,16 @@ def _train(session: Session, run_dir: Path, resume: bool) -> None:
     print(f"learning curve: {curve}")
 
 
-def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | None, seed: int | None) -> dict:
-    """Re-evaluate the agent of a run's latest checkpoint and print a table."""
+def evaluate_run(
+    run_dir: str | Path, episodes: int | None, epsilon: float | None, seed: int | None, video: int = 0
+) -> dict:
+    """Re-evaluate the agent of a run's latest checkpoint and print a table; `video` episodes go to videos/."""
     run_dir = Path(run_dir)
     config = load_config(_run_config_path(run_dir))
+    if isinstance(config, TaskConfig):
+        from rl_lab.tasks.runner import evaluate_task
+
+        return evaluate_task(run_dir, config)
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     session = build(config)
     agent = session.trainer.agent
@@ -146,8 +163,18 @@ def evaluate_run(run_dir: str | Path, episodes: int | None, epsilon: float | Non
     episodes = episodes or config.eval.episodes
     epsilon = config.eval.epsilon if epsilon is None else epsilon
     seed = config.seed + config.eval.seed_offset if seed is None else seed
-    stats = eval_stats(evaluate(agent.greedy, config.env.id, episodes, seed, epsilon, config.env.kwargs))
+    stats = eval_stats(evaluate(agent.greedy, config.env.id, episodes, seed, epsilon, config.env.kwargs), config.env.id)
     print(format_eval_table(f"{run_dir} at step {meta['step']} ({config.env.id}, epsilon {epsilon})", stats))
+    if video:
+        from rl_lab.video import log_videos, record_episode
+
+        paths = []
+        for i in range(video):
+            path = run_dir / "videos" / f"eval-step_{meta['step']:010d}-seed_{seed + i}.mp4"
+            clip = record_episode(agent.greedy, config.env.id, dict(config.env.kwargs), seed + i, epsilon, path)
+            print(f"video: {path} (return {clip['return']:.1f}, {clip['length']} steps)")
+            paths.append(path)
+        log_videos(run_dir, config, paths)
     return stats
 
 

@@ -228,3 +228,50 @@ def test_lr_end_anneals_the_learning_rate():
     buffer = random_buffer(64, seed=3)
     agent.train(buffer, step=500, steps_taken=1, rng=np.random.default_rng(0))
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3, rel=0.05)
+
+
+def test_dueling_head_is_value_plus_centred_advantage():
+    agent = make_agent(hidden_sizes=[8], dueling=True)
+    features = torch.randn(5, 8)
+    head = agent.q_net.head
+    value, advantage = head.value(features), head.advantage(features)
+    torch.testing.assert_close(head(features), value + advantage - advantage.mean(dim=1, keepdim=True))
+    q = agent.q_net(torch.randn(5, 4))
+    assert q.shape == (5, 2)
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_nstep_target_uses_the_batch_discount(double_dqn):
+    agent = hand_set_agent(double_dqn=double_dqn)
+    discount = tensor([GAMMA**3, GAMMA, GAMMA**2, GAMMA**3])  # episodes that ended early bootstrap sooner
+    target = agent.td_target(tensor(REWARDS), tensor(NEXT_OBS), tensor(TERMINATED, torch.bool), discount=discount)
+    best = DOUBLE_TARGET if double_dqn else PLAIN_TARGET
+    next_values = [(b - r) / GAMMA for b, r in zip(best, REWARDS, strict=True)]  # recover max Q from the 1-step target
+    expected = [r + d * v for r, d, v in zip(REWARDS, discount.tolist(), next_values, strict=True)]
+    torch.testing.assert_close(target, tensor(expected))
+
+
+def test_prioritized_training_weights_the_loss_and_sets_priorities_to_the_td_errors():
+    from rl_lab.prioritized import Prioritized
+
+    agent = hand_set_agent(loss="mse", batch_size=8, prioritized=True, per_alpha=1.0, per_beta=0.5)
+    buffer = Prioritized(ReplayBuffer(8, (4,), np.float32), alpha=1.0, eps=1e-6)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(8, 4)).astype(np.float32)
+    buffer.add(
+        obs, rng.integers(2, size=8), rng.normal(size=8).astype(np.float32), obs, np.ones(8, bool), np.zeros(8, bool)
+    )
+    buffer.update_priorities(np.arange(8), np.arange(1.0, 9.0))  # unequal priorities -> unequal weights
+    buffer.beta = 0.5 + 0.5 * 1 / 1000  # annealed towards 1 over the agent's 1000 steps: its value at step 1
+    state = np.random.default_rng(5).bit_generator.state
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    batch = buffer.sample((1, 8), rng)  # what train() will draw with the same generator state
+    q_taken = agent.q_net(batch.obs[0]).gather(1, batch.actions[0].unsqueeze(1)).squeeze(1).detach()
+    td = batch.rewards[0] - q_taken  # terminated: the target is the reward
+    expected_loss = (batch.weights[0] * td**2).mean().item()
+    rng.bit_generator.state = state
+    metrics = agent.train(buffer, step=1, steps_taken=1, rng=rng)
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    idx = batch.indices[0]
+    np.testing.assert_allclose(buffer.tree.values(idx), np.abs(td.numpy()) + 1e-6, rtol=1e-5)

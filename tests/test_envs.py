@@ -111,3 +111,28 @@ def test_unknown_env_id_without_close_match():
 def test_env_kwargs_that_do_not_fit_are_a_user_error():
     with pytest.raises(UserError, match="CartPole-v1"):
         make_env("CartPole-v1", no_such_option=3)
+
+
+def test_minatar_ids_give_channel_first_uint8_planes_and_replay_exactly():
+    envs = make_vector_env("MinAtar/Breakout-v1", 2)
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (2, 4, 10, 10) and obs.dtype == np.uint8 and set(np.unique(obs)) <= {0, 1}
+    rng, ended = np.random.default_rng(0), np.zeros(2, bool)
+    while not ended.all():  # both envs in a second episode, begun by autoreset without a seed
+        obs, _, terminated, truncated, _ = envs.step(rng.integers(3, size=2))
+        ended |= terminated | truncated
+    fresh = make_vector_env("MinAtar/Breakout-v1", 2)
+    fresh.reset(seed=1)
+    np.testing.assert_array_equal(restore_vector_env(fresh, snapshot_vector_env(envs)), obs)
+    for actions in rng.integers(3, size=(200, 2)):  # and on identically, through more autoresets
+        for x, y in zip(envs.step(actions)[:4], fresh.step(actions)[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_ale_vector_env_is_atari_vector_env_and_refuses_to_restore():
+    envs = make_vector_env("ALE/Pong-v5", 2, ale_vector_env=True)
+    obs, info = envs.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8 and "lives" in info
+    assert (obs[:, :3] == 0).all()  # AtariVectorEnv pads a new episode's stack with zeros
+    with pytest.raises(UserError, match="cannot be resumed"):
+        restore_vector_env(envs, snapshot_vector_env(envs))

@@ -135,30 +135,27 @@ class NatureCNN(Encoder):
     """Nature DQN torso (Mnih et al. 2015) over (C, H, W) frames, e.g. (4, 84, 84).
 
     uint8 frames are scaled to [0, 1] inside forward, on whatever device the model is on, so replay
-    buffers can keep frames as uint8 (4x less memory and host-to-device traffic).
+    buffers can keep frames as uint8 (4x less memory and host-to-device traffic). `convs` lists
+    [channels, kernel, stride] per layer; small frames take smaller stacks (MinAtar: [[16, 3, 1]], features 128).
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"features": 512}
-    CONVS: ClassVar[list[tuple[int, int, int]]] = [
-        (32, 8, 4),
-        (64, 4, 2),
-        (64, 3, 1),
-    ]  # channels, kernel, stride
+    defaults: ClassVar[dict[str, Any]] = {"features": 512, "convs": [[32, 8, 4], [64, 4, 2], [64, 3, 1]]}
 
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__(spec, spec.kwargs["features"])
         channels, height, width = spec.input_shape
+        convs = spec.kwargs["convs"]
         layers: list[nn.Module] = []
-        for out_channels, kernel, stride in self.CONVS:
+        for out_channels, kernel, stride in convs:
             layers += [nn.Conv2d(channels, out_channels, kernel, stride), nn.ReLU()]
             channels = out_channels
-        h, w = self._conv_out(height), self._conv_out(width)
+        h, w = self._conv_out(height, convs), self._conv_out(width, convs)
         layers += [nn.Flatten(), nn.Linear(channels * h * w, self.out_dim), nn.ReLU()]
         self.net = nn.Sequential(*layers)
 
-    @classmethod
-    def _conv_out(cls, size: int) -> int:
-        for _, kernel, stride in cls.CONVS:
+    @staticmethod
+    def _conv_out(size: int, convs: list[list[int]]) -> int:
+        for _, kernel, stride in convs:
             size = (size - kernel) // stride + 1
         return size
 
@@ -169,11 +166,17 @@ class NatureCNN(Encoder):
                 f"encoder 'nature_cnn' needs input_shape (C, H, W), got {spec.input_shape}; "
                 "use 'mlp' for flat observations"
             )
+        convs = spec.kwargs["convs"]
+        if not (isinstance(convs, list) and convs and all(isinstance(c, list) and len(c) == 3 for c in convs)):
+            raise UserError(f"encoder 'nature_cnn' kwarg 'convs' must list [channels, kernel, stride], got {convs!r}")
+        for layer in convs:
+            _positive_int_list(spec.name, "convs", layer)
         _, height, width = spec.input_shape
-        if min(cls._conv_out(height), cls._conv_out(width)) < 1:
+        if min(cls._conv_out(height, convs), cls._conv_out(width, convs)) < 1:
+            least = next(size for size in range(1, 10_000) if cls._conv_out(size, convs) >= 1)
             raise UserError(
-                f"encoder 'nature_cnn' needs frames of at least 36x36, got {height}x{width}; "
-                "resize observations (84x84 is standard)"
+                f"encoder 'nature_cnn' needs frames of at least {least}x{least}, got {height}x{width}; "
+                "resize observations (84x84 is standard) or choose smaller convs"
             )
         _positive_int(spec.name, "features", spec.kwargs["features"])
 
@@ -183,7 +186,12 @@ class NatureCNN(Encoder):
         return self.net(x)
 
 
+from rl_lab.backbone.recurrent import RNNEncoder  # noqa: E402 - subclasses Encoder, defined above
+from rl_lab.backbone.vision import VGG, LeNet, ResNet  # noqa: E402 - subclasses Encoder, defined above
+
 ENCODERS: dict[str, type[Encoder]] = {"mlp": MLPEncoder, "nature_cnn": NatureCNN}
+ENCODERS.update(lstm=RNNEncoder, gru=RNNEncoder)
+ENCODERS.update(lenet=LeNet, resnet=ResNet, vgg=VGG)
 
 
 def encoder_names() -> list[str]:

@@ -1,0 +1,66 @@
+"""Advantage actor-critic, synchronous (A2C; Mnih et al. 2016): N parallel envs, n-step rollouts, one update each.
+
+    loss = -mean(A_t log pi(a_t|s_t)) + value_coef * mean((V(s_t) - R_t)^2) - entropy_coef * mean(H[pi(.|s_t)])
+
+A_t is the n-step advantage R_t - V(s_t) or GAE(lambda); R_t = A_t + V(s_t) is the critic's target. Both bootstrap
+from V(s') at the end of the rollout and at time-limit truncations, never after termination (rl_lab.returns).
+The critic shares the actor's encoder or has its own; a recurrent encoder (lstm/gru) carries its state across
+rollouts and is trained by truncated BPTT over each rollout. Env stepping and rollouts live in rl_lab.onpolicy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+
+from rl_lab.config import check
+from rl_lab.onpolicy import PolicyGradientAgent, PolicyGradientConfig, Rollout
+from rl_lab.returns import discounted_returns, gae
+
+
+@dataclass
+class A2CConfig(PolicyGradientConfig):
+    name: str = "a2c"
+    n_steps: int = 5  # rollout length per env
+    advantage: Literal["gae", "nstep"] = "gae"
+    gae_lambda: float = 0.95
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.n_steps >= 1, "n_steps", "must be >= 1")
+        check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "must be in [0, 1]")
+
+
+class A2C(PolicyGradientAgent):
+    def __init__(self, cfg: A2CConfig, observation_space, action_space, device, total_steps: int):
+        super().__init__(cfg, observation_space, action_space, device, total_steps, value=True)
+        self.n_steps = cfg.n_steps
+
+    def advantages(self, rollout: Rollout):
+        """(A, R) from the values seen while collecting: the update's targets do not move with its own gradient."""
+        cfg, r = self.cfg, rollout
+        if cfg.advantage == "gae":
+            advantages = gae(r.rewards, r.values, r.next_values, r.terminated, r.truncated, cfg.gamma, cfg.gae_lambda)
+            return advantages, advantages + r.values
+        returns = discounted_returns(r.rewards, r.next_values, r.terminated, r.truncated, cfg.gamma)
+        return returns - r.values, returns
+
+    def update(self, rollout: Rollout, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        advantages, returns = self.advantages(rollout)
+        if cfg.normalize_advantages and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        dist, values, _ = self.net(rollout.obs, rollout.state, rollout.starts)
+        policy_loss = -(advantages * dist.log_prob(rollout.actions)).mean()
+        value_loss = F.mse_loss(values, returns)
+        entropy = dist.entropy().mean()
+        loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+        grad_norm = self.gradient_step(loss, step)
+        return {
+            "policy_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
+            "entropy": entropy.item(),
+            "grad_norm": grad_norm,
+        }

@@ -1,0 +1,333 @@
+"""The on-policy training loop shared by policy-gradient agents: collect a rollout, update once, evaluate, log, save.
+
+Two kinds of rollout, chosen by the agent:
+  - n steps of every env (`agent.n_steps`, A2C): envs and recurrent state carry on across rollouts;
+  - whole episodes (`agent.episodes_per_update`, REINFORCE): every env starts a fresh episode and plays
+    episodes_per_update / num_envs of them; an env that is done waits (its steps are masked out, not learned from)
+    until the others finish, so long episodes are not under-represented.
+The agent supplies `net` (rl_lab.policy.PolicyNetwork), `update(rollout, step) -> metrics`, `greedy`, and
+`state_dict()/load_state_dict()`. Checkpoints are taken between rollouts and hold everything a resumed run needs
+(networks, optimizer, counters, RNG states, envs' episodes in progress, recurrent state), so a run killed at any
+point and resumed writes the same metrics.jsonl as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs import restore_vector_env, snapshot_vector_env
+from envs.atari import learning_signals
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from rl_lab.config import Config, EncoderConfig, check
+from rl_lab.errors import UserError
+from rl_lab.evaluation import eval_stats, evaluate
+from rl_lab.logger import RunLogger
+from rl_lab.offpolicy import RECENT_EPISODES, LoopState
+from rl_lab.policy import GreedyPolicy, PolicyNetwork
+from rl_lab.schedules import crossed, linear_schedule
+from rl_lab.seeding import rng_state, set_rng_state
+
+
+@dataclass
+class PolicyGradientConfig:
+    """Settings every policy-gradient agent shares; REINFORCE and A2C add their own."""
+
+    name: str = ""
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig("mlp", {"hidden_sizes": [64, 64]}))
+    shared_encoder: bool = False  # the critic reuses the actor's encoder (else it gets its own copy)
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    lr_end: float | None = None  # if set, the learning rate decays linearly to lr_end over train.total_steps
+    optimizer_eps: float = 1e-8
+    gamma: float = 0.99
+    entropy_coef: float = 0.0
+    value_coef: float = 0.5
+    normalize_advantages: bool = False  # per batch: zero mean, unit std
+    max_grad_norm: float | None = None  # None = no clipping
+    log_std_init: float = 0.0  # Gaussian policies: initial log standard deviation
+
+    def __post_init__(self):
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.lr_end is None or self.lr_end >= 0, "lr_end", "must be >= 0 or null")
+        check(self.optimizer_eps > 0, "optimizer_eps", "must be > 0")
+        check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
+        check(self.entropy_coef >= 0, "entropy_coef", "must be >= 0")
+        check(self.value_coef >= 0, "value_coef", "must be >= 0")
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
+
+
+class PolicyGradientAgent:
+    """What REINFORCE and A2C have in common: the network, its optimizer, greedy acting, checkpoint state."""
+
+    loop = "onpolicy"  # trained by rl_lab.onpolicy.OnPolicyTrainer
+    n_steps: int | None = None  # rollout of n steps per env ...
+    episodes_per_update: int | None = None  # ... or of whole episodes
+
+    def __init__(self, cfg: PolicyGradientConfig, observation_space, action_space, device, total_steps, value: bool):
+        self.cfg, self.device, self.total_steps = cfg, device, total_steps
+        self.net = PolicyNetwork(
+            cfg.encoder, observation_space, action_space, value, cfg.shared_encoder, cfg.log_std_init
+        ).to(device)
+        if cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps)
+        else:  # RMSprop as in the A3C paper and SB3's A2C
+            self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps)
+        self.greedy = GreedyPolicy(self.net, device)
+
+    def gradient_step(self, loss: torch.Tensor, step: int) -> float:
+        """One optimizer step on `loss` at env step `step`; returns the gradient norm before clipping."""
+        if self.cfg.lr_end is not None:
+            self.optimizer.param_groups[0]["lr"] = linear_schedule(self.cfg.lr, self.cfg.lr_end, self.total_steps, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
+        norm = nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        self.optimizer.step()
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
+        load_module_state(self.net, state["net"], "net")
+        if not weights_only:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs, time-major. `next_values` holds V(s_{t+1}) of the true next state (0 without a critic)."""
+
+    obs: torch.Tensor  # (T, N, *obs_shape)
+    actions: torch.Tensor  # (T, N) or (T, N, action_dim)
+    rewards: torch.Tensor  # (T, N)
+    terminated: torch.Tensor  # (T, N) bool
+    truncated: torch.Tensor  # (T, N) bool
+    starts: torch.Tensor  # (T, N) bool: step t begins an episode (recurrent state is zeroed before it)
+    valid: torch.Tensor  # (T, N) bool: False for steps an env took after its quota of episodes
+    values: torch.Tensor | None  # (T, N) V(s_t) at collection time
+    next_values: torch.Tensor  # (T, N)
+    state: torch.Tensor | None  # recurrent state before step 0
+    episodes: int  # complete episodes in the rollout
+
+
+class OnPolicyTrainer:
+    def __init__(self, config: Config, agent: PolicyGradientAgent, envs, rng: np.random.Generator):
+        self.config, self.agent, self.envs, self.rng = config, agent, envs, rng
+        n = envs.num_envs
+        if agent.episodes_per_update is not None and agent.episodes_per_update % n:
+            raise UserError(
+                f"agent.episodes_per_update={agent.episodes_per_update} must be a multiple of env.num_envs={n} "
+                "(every env plays the same number of episodes per update)"
+            )
+        self.state = LoopState()
+        self.episode_return = np.zeros(n)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.signals = learning_signals(config.env.id, config.env.kwargs)  # Atari: clipped rewards, life loss
+        self.obs, infos = envs.reset(seed=config.seed)
+        self.signals.start(infos)
+        self.starts = np.ones(n, dtype=bool)
+        self.rnn_state = agent.net.initial_state(n, agent.device)
+
+    def evaluate(self) -> dict[str, float]:
+        c = self.config
+        result = evaluate(
+            self.agent.greedy, c.env.id, c.eval.episodes, c.seed + c.eval.seed_offset, c.eval.epsilon, c.env.kwargs
+        )
+        return eval_stats(result)
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        agent, envs, net, device = self.agent, self.envs, self.agent.net, self.agent.device
+        n = envs.num_envs
+        whole_episodes = agent.episodes_per_update is not None
+        if whole_episodes:  # fresh episodes everywhere; unseeded, so each env's RNG carries on
+            self.obs, infos = envs.reset()
+            self.signals.start(infos)
+            self.starts[:] = True
+            self.episode_return[:], self.episode_length[:] = 0.0, 0
+            self.rnn_state = net.initial_state(n, device)
+            quota = agent.episodes_per_update // n
+        finished = np.zeros(n, dtype=np.int64)
+        state0 = self.rnn_state
+        steps: dict[str, list] = {}
+        while True:
+            obs = torch.as_tensor(self.obs, device=device)
+            starts = torch.as_tensor(self.starts, device=device)
+            dist, values, self.rnn_state = net(obs[None], self.rnn_state, starts[None])
+            actions = dist.sample()[0]
+            next_obs, rewards, terminated, truncated, infos = envs.step(net.env_actions(actions))
+            done = terminated | truncated
+            learn_rewards, learn_terminated = self.signals(rewards, terminated, truncated, infos)
+            valid = finished < quota if whole_episodes else np.ones(n, dtype=bool)
+            self.state.step += n
+            # V of the state each truncated episode was cut at (the vector env has already reset that env)
+            next_values = torch.zeros(n, device=device)
+            cut = np.flatnonzero(truncated)
+            if values is not None and len(cut):
+                final = torch.as_tensor(np.stack([infos["final_obs"][i] for i in cut]), device=device)
+                state = None if self.rnn_state is None else self.rnn_state[:, cut]
+                _, final_values, _ = net(final[None], state, torch.zeros(1, len(cut), dtype=torch.bool, device=device))
+                next_values[cut] = final_values[0]
+            record = {
+                "obs": obs,
+                "actions": actions,
+                "rewards": learn_rewards,
+                "terminated": learn_terminated,
+                "truncated": truncated,
+                "starts": starts,
+                "valid": valid,
+                "values": None if values is None else values[0],
+                "next_values": next_values,
+            }
+            for key, value in record.items():
+                steps.setdefault(key, []).append(value)
+            self._track_episodes(rewards, done, valid)
+            finished += done & valid
+            self.obs, self.starts = next_obs, done
+            if (whole_episodes and (finished >= quota).all()) or len(steps["obs"]) == agent.n_steps:
+                break
+        rollout = self._stack(steps, state0, int(finished.sum()))
+        if rollout.values is not None:  # V(s_{t+1}): the next step's value inside an episode; V(s_T) at the end
+            rollout.next_values[:-1] = torch.where(
+                rollout.terminated[:-1] | rollout.truncated[:-1], rollout.next_values[:-1], rollout.values[1:]
+            )
+            last = ~(rollout.terminated[-1] | rollout.truncated[-1])
+            obs = torch.as_tensor(self.obs, device=device)
+            _, last_values, _ = net(obs[None], self.rnn_state, torch.zeros(1, n, dtype=torch.bool, device=device))
+            rollout.next_values[-1] = torch.where(last, last_values[0], rollout.next_values[-1])
+        return rollout
+
+    def _stack(self, steps: dict[str, list], state0: torch.Tensor | None, episodes: int) -> Rollout:
+        device = self.agent.device
+
+        def stack(values: list) -> torch.Tensor | None:
+            if values[0] is None:
+                return None
+            return torch.stack([torch.as_tensor(v, device=device) for v in values])
+
+        rollout = Rollout(**{k: stack(v) for k, v in steps.items()}, state=state0, episodes=episodes)
+        rollout.rewards = rollout.rewards.float()
+        return rollout
+
+    def run(self, run_dir: Path, logger: RunLogger) -> dict:
+        c, state = self.config, self.state
+        total = c.train.total_steps
+        start_step, start_time = state.step, time.perf_counter()
+        window_step, window_time = state.step, start_time
+        while state.step < total:
+            before = state.step
+            rollout = self.collect()
+            state.last_train = self.agent.update(rollout, state.step)
+            taken = state.step - before
+            row = {}
+            if crossed(state.step, taken, c.logger.log_every):
+                row.update(self._train_metrics())
+            if c.eval.every and crossed(state.step, taken, c.eval.every) and state.step < total:
+                row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            if row:
+                now = time.perf_counter()
+                sps = (state.step - window_step) / max(now - window_time, 1e-9)
+                window_step, window_time = state.step, now
+                logger.log(state.step, row, extra={"time/sps": sps})
+                logger.progress(
+                    state.step, sps=f"{sps:.0f}", ret=f"{row.get('train/episode_return', float('nan')):.1f}"
+                )
+            if c.run.checkpoint_every and crossed(state.step, taken, c.run.checkpoint_every):
+                self.save(run_dir, start_time, logger)
+        train_time = state.wall_time_s + time.perf_counter() - start_time
+        if state.final_eval is None:  # a run resumed after its final checkpoint has logged this already
+            state.final_eval = self.evaluate()
+            logger.log(state.step, {**self._train_metrics(), **{f"eval/{k}": v for k, v in state.final_eval.items()}})
+            self.save(run_dir, start_time, logger)
+        return {
+            "final_eval": state.final_eval,
+            "env_steps": state.step,
+            "episodes": state.episodes,
+            "wall_time_s": train_time,
+            "sps": state.step / train_time if train_time > 0 else 0.0,
+            "steps_this_process": state.step - start_step,
+        }
+
+    def _track_episodes(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
+        """Running returns and lengths; an episode counts when it ended on a step that was learned from."""
+        self.episode_return += rewards
+        self.episode_length += 1
+        counted = done & valid
+        if counted.any():
+            s = self.state
+            s.recent_returns = (s.recent_returns + self.episode_return[counted].tolist())[-RECENT_EPISODES:]
+            s.recent_lengths = (s.recent_lengths + self.episode_length[counted].tolist())[-RECENT_EPISODES:]
+            s.episodes += int(counted.sum())
+        self.episode_return[done] = 0.0
+        self.episode_length[done] = 0
+
+    def _train_metrics(self) -> dict[str, float]:
+        s = self.state
+        row = {"train/episodes": s.episodes}
+        if s.recent_returns:
+            row["train/episode_return"] = float(np.mean(s.recent_returns))
+            row["train/episode_length"] = float(np.mean(s.recent_lengths))
+        row.update({f"train/{k}": v for k, v in s.last_train.items()})
+        return row
+
+    def save(self, run_dir: Path, start_time: float, logger: RunLogger) -> None:
+        s = self.state
+        json_rng, tensor_rng = rng_state(self.rng)
+        arrays = {"episode_return": self.episode_return, "episode_length": self.episode_length, "starts": self.starts}
+        if self.signals.lives is not None:
+            arrays["lives"] = self.signals.lives
+        meta = {
+            "step": s.step,
+            "episodes": s.episodes,
+            "recent_returns": s.recent_returns,
+            "recent_lengths": s.recent_lengths,
+            "last_train": s.last_train,
+            "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
+            "metrics_lines": logger.lines,
+            "final_eval": s.final_eval,
+            "rng": json_rng,
+            "envs": snapshot_vector_env(self.envs),
+        }
+        torch_state = {"agent": self.agent.state_dict(), "rng": tensor_rng}
+        if self.rnn_state is not None:
+            torch_state["rnn_state"] = self.rnn_state
+        save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
+
+    def resume(self, run_dir: Path) -> None:
+        """Load the latest checkpoint: agent, RNGs, counters, recurrent state and the envs' episodes in progress."""
+        path = latest_checkpoint(run_dir / "checkpoints")
+        try:
+            self._load(path)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
+
+    def _load(self, path: Path) -> None:
+        torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
+        self.agent.load_state_dict(torch_state["agent"])
+        self.obs = restore_vector_env(self.envs, meta["envs"])
+        self.episode_return[:] = arrays["episode_return"]
+        self.episode_length[:] = arrays["episode_length"]
+        self.starts[:] = arrays["starts"]
+        if "lives" in arrays:
+            self.signals.lives = arrays["lives"].copy()
+        if self.rnn_state is not None:
+            self.rnn_state = torch_state["rnn_state"].to(self.agent.device)
+        set_rng_state(self.rng, meta["rng"], torch_state["rng"])
+        self.state = LoopState(
+            step=meta["step"],
+            episodes=meta["episodes"],
+            recent_returns=meta["recent_returns"],
+            recent_lengths=meta["recent_lengths"],
+            last_train=meta["last_train"],
+            wall_time_s=meta["wall_time_s"],
+            metrics_lines=meta["metrics_lines"],
+            final_eval=meta["final_eval"],
+        )

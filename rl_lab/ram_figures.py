@@ -1,0 +1,94 @@
+"""Where RAM looks: glimpse paths drawn over images, as a PNG grid and an animated GIF, also sent to W&B."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from rl_lab.glimpse import pixel_centres
+from rl_lab.plots import plt  # the lab's matplotlib, already on the Agg backend
+
+COLOURS = plt.get_cmap("autumn")
+
+
+def _draw(ax, image: np.ndarray, path: np.ndarray, sides: list[int], upto: int, title: str) -> None:
+    """image (H, W) in [0, 1]; path (T, 2) of integer (row, col) centres; glimpses 0..upto-1 drawn."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    steps = len(path)
+    ax.plot(path[:upto, 1], path[:upto, 0], "-", color="cyan", linewidth=1, alpha=0.7)
+    for t in range(upto):
+        colour = COLOURS(t / max(steps - 1, 1))
+        row, col = path[t]
+        for i, side in enumerate(sides if t == upto - 1 else sides[:1]):  # every scale of the newest glimpse
+            corner = (col - side // 2 - 0.5, row - side // 2 - 0.5)
+            ax.add_patch(plt.Rectangle(corner, side, side, fill=False, color=colour, linewidth=1.5 - 0.3 * i))
+        ax.text(col, row, str(t + 1), color=colour, fontsize=7, ha="center", va="center", weight="bold")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.axis("off")
+
+
+def _figure(images, paths, titles, sides, upto):
+    n = len(images)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), dpi=90, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            _draw(ax, images[k], paths[k], sides, upto, titles[k])
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def glimpse_figures(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    locations: torch.Tensor,
+    predictions: torch.Tensor,
+    sides: list[int],
+    out_dir: Path,
+    step: int | None = None,
+) -> tuple[Path, Path]:
+    """Write out_dir/glimpses.png (whole paths) and out_dir/glimpses.gif (one frame per glimpse).
+
+    images (N, C, H, W) in [0, 1]; locations (T, N, 2) as RAM returns them; predictions (N,).
+    With W&B running (and `step` given) both are logged as glimpses/paths and glimpses/animation.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    height, width = images.shape[2:]
+    steps = locations.shape[0]
+    centres = [torch.stack(pixel_centres(loc, height, width), -1) for loc in locations.cpu()]
+    paths = torch.stack(centres, 1).numpy()  # (N, T, 2)
+    pictures = images.mean(1).cpu().numpy()  # grey, whatever the channels
+    titles = [f"label {y}, predicted {p}" for y, p in zip(labels.tolist(), predictions.tolist(), strict=True)]
+    png, gif = out_dir / "glimpses.png", out_dir / "glimpses.gif"
+    fig = _figure(pictures, paths, titles, sides, steps)
+    fig.savefig(png)
+    plt.close(fig)
+    frames = []
+    for upto in range(1, steps + 1):
+        fig = _figure(pictures, paths, titles, sides, upto)
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        plt.close(fig)
+    imageio.mimsave(gif, frames, duration=0.6, loop=0)
+    _to_wandb(png, gif, step)
+    return png, gif
+
+
+def _to_wandb(png: Path, gif: Path, step: int | None) -> None:
+    """Log to the active W&B run, if the run's logger started one; a failure only warns."""
+    wandb = sys.modules.get("wandb")
+    if step is None or wandb is None or wandb.run is None:
+        return
+    try:
+        wandb.run.log({"glimpses/paths": wandb.Image(str(png)), "glimpses/animation": wandb.Video(str(gif))}, step=step)
+    except Exception as e:  # W&B is a mirror: it never stops a run
+        print(f"wandb: could not log glimpse figures ({type(e).__name__}: {e})", file=sys.stderr)

@@ -1,0 +1,58 @@
+"""Evaluation episodes as mp4 files, written with imageio-ffmpeg and logged to the run's W&B run as wandb.Video.
+
+gymnasium's RecordVideo needs moviepy and W&B's automatic video logging hooks gymnasium 0.x; this records the
+frames of `env.render()` itself and hands W&B the finished file, which works online and offline alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from envs import make_env
+from envs.atari import DEFAULTS, is_atari
+
+
+def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: float, path: Path) -> dict:
+    """Play one episode (epsilon-greedy around `policy`) and write its rendered frames to `path` as mp4."""
+    import imageio.v2 as imageio
+
+    env = make_env(env_id, render_mode="rgb_array", **env_kwargs)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    frames, score, done = [env.render()], 0.0, False
+    while not done:
+        action = policy(obs[None])[0] if rng.random() >= epsilon else env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        frames.append(env.render())
+        score += float(reward)
+        done = terminated or truncated
+    env.close()
+    # each Atari step shows frame_skip emulator frames: play at the game's own speed
+    skip = env_kwargs.get("frame_skip", DEFAULTS["frame_skip"]) if is_atari(env_id) else 1
+    fps = max(1, round(env.metadata.get("render_fps", 30) / skip))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, frames, fps=fps, codec="libx264", macro_block_size=2)
+    return {"path": str(path), "return": score, "length": len(frames) - 1}
+
+
+def log_videos(run_dir: Path, config, paths: list[Path]) -> bool:
+    """Log mp4 files to the run's W&B run (continued by its saved id); False when W&B is off or fails."""
+    from rl_lab.logger import RunLogger, resolve_wandb_mode
+
+    w = config.logger.wandb
+    mode = resolve_wandb_mode(w.mode)
+    if mode == "disabled":
+        return False
+    import wandb
+
+    try:
+        run = RunLogger._init_wandb(run_dir, config.to_dict(), mode, w.project, w.entity, run_dir.name)
+        run.log({"eval/video": [wandb.Video(str(p), format="mp4") for p in paths]})
+        run.finish()
+    except Exception as e:  # W&B is optional, as in RunLogger
+        print(f"wandb unavailable ({type(e).__name__}: {e}); videos are in {paths[0].parent}")
+        return False
+    return True

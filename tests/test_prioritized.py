@@ -1,0 +1,79 @@
+"""Sum-tree and proportional prioritized replay against brute force: sums, lookups, sampling law, weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rl_lab.prioritized import Prioritized, SumTree
+from rl_lab.replay import ReplayBuffer
+
+
+def test_sum_tree_sums_and_lookups_match_brute_force_with_duplicate_updates():
+    rng = np.random.default_rng(0)
+    tree, values = SumTree(37), np.zeros(37)  # not a power of two
+    for _ in range(20):
+        idx = rng.integers(0, 37, 16)  # with duplicates: the last write of a leaf wins
+        new = rng.random(16) * rng.integers(0, 2, 16)  # some zeros
+        tree.update(idx, new)
+        for i, v in zip(idx, new, strict=True):
+            values[i] = v
+        assert tree.total == pytest.approx(values.sum())
+        mass = rng.random(500) * values.sum()
+        expected = np.searchsorted(np.cumsum(values), mass, side="right")
+        np.testing.assert_array_equal(tree.find(mass), expected)
+
+
+def filled(capacity: int = 64, alpha: float = 0.6) -> Prioritized:
+    buffer = Prioritized(ReplayBuffer(capacity, (2,), np.float32), alpha=alpha, eps=1e-6)
+    rng = np.random.default_rng(1)
+    for _ in range(capacity // 4):
+        obs = rng.normal(size=(4, 2)).astype(np.float32)
+        buffer.add(obs, rng.integers(2, size=4), np.ones(4, np.float32), obs, np.zeros(4, bool), np.zeros(4, bool))
+    return buffer
+
+
+def test_new_transitions_get_the_max_priority_and_updates_set_abs_td_plus_eps_to_the_alpha():
+    buffer = filled(alpha=0.6)
+    np.testing.assert_allclose(buffer.tree.values(np.arange(64)), 1.0)
+    buffer.update_priorities(np.array([3, 5]), np.array([-2.0, 0.5]))
+    assert buffer.tree.values(np.array([3, 5])) == pytest.approx([(2 + 1e-6) ** 0.6, (0.5 + 1e-6) ** 0.6])
+    assert buffer.max_priority == pytest.approx(2 + 1e-6)
+    obs = np.zeros((1, 2), np.float32)
+    added, _ = buffer.add(obs, np.array([0]), np.zeros(1, np.float32), obs, np.zeros(1, bool), np.zeros(1, bool))
+    assert buffer.tree.values(added) == pytest.approx([(2 + 1e-6) ** 0.6])  # the slot overwritten at the ring's head
+
+
+def test_sampling_follows_priorities_and_weights_follow_the_formula():
+    alpha, beta = 0.7, 0.5
+    buffer = filled(alpha=alpha)
+    td = np.random.default_rng(2).random(64) * 3
+    buffer.update_priorities(np.arange(64), td)
+    buffer.beta = beta
+    batch = buffer.sample((500, 32), np.random.default_rng(3))
+    probs = (td + 1e-6) ** alpha / ((td + 1e-6) ** alpha).sum()
+    counts = np.bincount(batch.indices.ravel(), minlength=64)
+    expected = probs * batch.indices.size
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 63 + 5 * np.sqrt(2 * 63), chi2  # stratified draws are even closer than multinomial ones
+    weights = (64 * probs[batch.indices]) ** -beta
+    weights /= weights.max(axis=1, keepdims=True)
+    torch.testing.assert_close(batch.weights, torch.from_numpy(weights.astype(np.float32)))
+    np.testing.assert_array_equal(batch.obs[..., 0].numpy(), buffer.buffer.obs[batch.indices, 0])
+
+
+def test_zero_priority_slots_are_never_sampled():
+    buffer = filled()
+    buffer.tree.update(np.arange(0, 64, 2), 0.0)  # e.g. frame slots without a transition
+    idx = buffer.sample_indices((200, 32), np.random.default_rng(4))
+    assert (idx % 2 == 1).all()
+
+
+def test_state_dict_round_trip():
+    buffer = filled()
+    buffer.update_priorities(np.arange(10), np.arange(10.0))
+    other = Prioritized(ReplayBuffer(64, (2,), np.float32), alpha=0.6)
+    other.load_state_dict(buffer.state_dict())
+    assert other.max_priority == buffer.max_priority
+    np.testing.assert_array_equal(other.tree.tree, buffer.tree.tree)
