@@ -2,7 +2,7 @@
 
 Measured: env steps and wall-clock until the 20-episode greedy mean first reaches 475, and the solve rate.
   (a) sb3        stable-baselines3 A2C, RL-Zoo CartPole-v1 settings (8 envs, ent_coef 0, the rest SB3's defaults),
-                 at most 500k steps, torch's default threads
+                 at most 500k steps, one torch thread like our configs
   (b) a2c        our A2C, configs/cartpole_a2c.yaml (its own step budget)
   (c) reinforce  our REINFORCE with the learned value baseline, configs/cartpole_reinforce.yaml
 Every `--eval-every` env steps each trial pauses, evaluates 20 greedy episodes on fresh envs seeded seed + 10000
@@ -93,6 +93,7 @@ def run_sb3(seed: int, every: int, max_steps: int) -> dict:
 
             return not watch.check(policy, self.num_timesteps)
 
+    torch.set_num_threads(1)  # as our configs run (torch_threads: 1); two threads crawl on a loaded machine
     warm_up_torch()
     start = time.perf_counter()
     model = A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), ent_coef=0.0, seed=seed, device="cpu")

@@ -42,6 +42,9 @@ def run_sb3(learning_starts: int, steps: int) -> dict:
                 self.start = time.perf_counter()
             return True
 
+    from envs import check_env_id
+
+    check_env_id("PongNoFrameskip-v4")  # registers ale-py's envs with gymnasium
     env = VecFrameStack(make_atari_env("PongNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
     model = DQN(
         "CnnPolicy",

@@ -18,9 +18,10 @@ from agents.ram import RAM, RAMConfig, ram_losses
 from rl_lab.glimpse import glimpse
 
 MODELS = {  # name: (image side, RAMConfig kwargs), as in configs/ram_*.yaml
-    "mnist 28x28, 8x8 x3 scales": (28, {"glimpse_size": 8, "scales": 3}),
-    "translated 60x60, 12x12 x3": (60, {"glimpse_size": 12, "scales": 3}),
-    "cluttered 100x100, 12x12 x4": (100, {"glimpse_size": 12, "scales": 4}),
+    "mnist 28x28, 8x8 x3, gru": (28, {"glimpse_size": 8, "scales": 3, "core": "gru"}),
+    "mnist 28x28, 8x8 x3, rnn": (28, {"glimpse_size": 8, "scales": 3, "core": "rnn"}),
+    "translated 60x60, 12x12 x3, gru": (60, {"glimpse_size": 12, "scales": 3, "core": "gru"}),
+    "cluttered 100x100, 12x12 x4, gru": (100, {"glimpse_size": 12, "scales": 4, "core": "gru"}),
 }
 
 
@@ -61,7 +62,7 @@ def train_throughput(side: int, kwargs: dict, glimpses: int, batch: int, seconds
 def sensor_throughput(side: int, kwargs: dict, batch: int, seconds: float, device) -> tuple[float, float]:
     images = torch.rand(batch, 1, side, side, device=device)
     locs = torch.rand(batch, 2, device=device) * 2 - 1
-    args = (kwargs["glimpse_size"], kwargs["scales"], 2)
+    args = (kwargs["glimpse_size"], kwargs["scales"], 2)  # the sensor alone: the core plays no part
     calls, _, cpu = timed(lambda: glimpse(images, locs, *args), seconds, device)
     batched = calls * batch / cpu
     calls, _, cpu = timed(
@@ -84,14 +85,14 @@ def main() -> None:
     print(f"device {device}, {args.threads} thread(s), batch {args.batch_size}, {args.glimpses} glimpses")
     print("training: image-glimpses per wall second and per CPU second; sensor: images per CPU second")
     print(
-        f"{'model':<30} {'train /wall s':>14} {'train /CPU s':>13} {'vs 10k':>7} "
+        f"{'model':<33} {'train /wall s':>14} {'train /CPU s':>13} {'vs 10k':>7} "
         f"{'sensor batched':>15} {'per image':>10} {'ratio':>6}"
     )
     for name, (side, kwargs) in MODELS.items():
         wall, cpu = train_throughput(side, kwargs, args.glimpses, args.batch_size, args.seconds, device)
         batched, single = sensor_throughput(side, kwargs, args.batch_size, args.seconds / 2, device)
         print(
-            f"{name:<30} {wall:>14,.0f} {cpu:>13,.0f} {cpu / 1e4:>6.2f}x "
+            f"{name:<33} {wall:>14,.0f} {cpu:>13,.0f} {cpu / 1e4:>6.2f}x "
             f"{batched:>15,.0f} {single:>10,.0f} {batched / single:>5.0f}x"
         )
 

@@ -14,7 +14,7 @@ point and resumed writes the same metrics.jsonl as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -285,14 +285,9 @@ class OnPolicyTrainer:
         if self.signals.lives is not None:
             arrays["lives"] = self.signals.lives
         meta = {
-            "step": s.step,
-            "episodes": s.episodes,
-            "recent_returns": s.recent_returns,
-            "recent_lengths": s.recent_lengths,
-            "last_train": s.last_train,
+            **asdict(s),
             "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
             "metrics_lines": logger.lines,
-            "final_eval": s.final_eval,
             "rng": json_rng,
             "envs": snapshot_vector_env(self.envs),
         }
@@ -321,13 +316,4 @@ class OnPolicyTrainer:
         if self.rnn_state is not None:
             self.rnn_state = torch_state["rnn_state"].to(self.agent.device)
         set_rng_state(self.rng, meta["rng"], torch_state["rng"])
-        self.state = LoopState(
-            step=meta["step"],
-            episodes=meta["episodes"],
-            recent_returns=meta["recent_returns"],
-            recent_lengths=meta["recent_lengths"],
-            last_train=meta["last_train"],
-            wall_time_s=meta["wall_time_s"],
-            metrics_lines=meta["metrics_lines"],
-            final_eval=meta["final_eval"],
-        )
+        self.state = LoopState(**{f.name: meta[f.name] for f in fields(LoopState)})

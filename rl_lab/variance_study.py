@@ -104,7 +104,10 @@ def gradient_variance(trainer, agent_cfg: REINFORCEConfig, batches: int) -> dict
             weights = reinforce_weights(cfg, rollout, values, moving_average)[1][rollout.valid]
             grad = torch.autograd.grad(-(weights * log_probs).mean(), params, retain_graph=True)
             grads[key].append(torch.cat([g.flatten() for g in grad]).double().cpu().numpy())
-    out = {"episodes_per_batch": int(np.mean([r.episodes for r in rollouts])), "moving_average": moving_average}
+    out = {
+        "episodes_per_batch": int(np.mean([r.episodes for r in rollouts])),
+        "moving_average_baseline": moving_average,
+    }
     out["episode_return"] = float(np.mean(trainer.state.recent_returns))
     for key, g in grads.items():
         g = np.stack(g)

@@ -91,7 +91,11 @@ TINY_RUNS = {
     ),
     "a2c_lstm": (
         "cartpole_novel_lstm_a2c.yaml",
-        ["env.num_envs=2", "agent.encoder.kwargs.hidden_size=16", "agent.encoder.kwargs.torso_kwargs.hidden_sizes=[16]"],
+        [
+            "env.num_envs=2",
+            "agent.encoder.kwargs.hidden_size=16",
+            "agent.encoder.kwargs.torso_kwargs.hidden_sizes=[16]",
+        ],
     ),
 }
 

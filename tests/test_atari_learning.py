@@ -5,8 +5,7 @@ import json
 import pytest
 from conftest import REPO, run_rl_lab
 
-RANDOM_POLICY = 0.5  # mean return of uniformly random play over 20 episodes (MinAtar Breakout, about 0.4-0.6)
-LEARNED = 2.0  # four times random: the agent tracks the ball
+RANDOM_POLICY = 0.4  # mean return of uniformly random play (200 episodes, MinAtar Breakout)
 
 
 @pytest.mark.learning
@@ -26,4 +25,4 @@ def test_cnn_dqn_learns_minatar_breakout(tmp_path):
     assert result.returncode == 0, result.stderr
     final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
     assert final["episodes"] == 20
-    assert final["return_mean"] >= LEARNED, final
+    assert final["return_mean"] >= 5 * RANDOM_POLICY, final  # seed 0 reaches 3.4: the agent tracks the ball

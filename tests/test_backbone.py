@@ -30,8 +30,8 @@ def _frames(batch: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-def test_registry_lists_both_encoders() -> None:
-    assert encoder_names() == ["mlp", "nature_cnn"]
+def test_registry_lists_every_encoder_the_design_names() -> None:
+    assert encoder_names() == ["gru", "lenet", "lstm", "mlp", "nature_cnn", "resnet", "vgg"]
 
 
 @pytest.mark.parametrize(

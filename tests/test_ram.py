@@ -160,6 +160,18 @@ def test_ram_task_trains_resumes_exactly_and_evaluates(tmp_path):
     assert "test  accuracy" in result.stdout  # Monte Carlo over fresh samples: close to, not equal to, the run's
 
 
+def test_glimpse_figures_reach_wandb(tmp_path):
+    """After each epoch the glimpse paths (PNG) and their animation (GIF) are logged to W&B (offline here)."""
+    run = tmp_path / "wb"
+    overrides = [a for a in TINY_RAM if not a.startswith(("logger.wandb", "train.epochs"))]
+    args = ("train", REPO / "configs" / "ram_mnist.yaml", *overrides, "train.epochs=1", "logger.wandb.mode=offline")
+    result = run_rl_lab(*args, f"run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    media = [p.name for p in run.glob("wandb/offline-run-*/files/media/*/glimpses/*")]
+    assert any(name.startswith("paths_") and name.endswith(".png") for name in media), media
+    assert any(name.startswith("animation_") and name.endswith(".gif") for name in media), media
+
+
 def test_ram_config_errors_are_one_line(tmp_path):
     config = REPO / "configs" / "ram_mnist.yaml"
     assert "task.std" in user_error_line(run_rl_lab("train", config, "task.std=-1", cwd=tmp_path))

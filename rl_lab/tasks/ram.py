@@ -157,13 +157,13 @@ class RAMTrainer(ClassificationTrainer):
 
     @torch.no_grad()
     def figures(self, data, out_dir: Path) -> None:
-        n = self.config.task.figure_examples
+        pick = torch.linspace(0, len(data) - 1, min(self.config.task.figure_examples, len(data))).long()
         ram = self.eval_model.ram
-        x = data.images[:n].to(self.device).float() / 255
+        x = data.images[pick].to(self.device).float() / 255
         trajectory = ram(x, sample=False)
         glimpse_figures(
             x,
-            data.labels[:n],
+            data.labels[pick],
             trajectory.locations,
             trajectory.logits.argmax(-1),
             ram.patch_sides(),
