@@ -8,7 +8,7 @@ from functools import cache
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.atari import SeededResets, check_atari_id, is_atari, make_atari_env, make_atari_vector_env
 from rl_lab.errors import UserError
@@ -64,6 +64,7 @@ class ReplayableEnv(gym.Wrapper):
         super().__init__(env)
         self._start: dict = {}
         self._actions: list = []
+        self.pending_snapshot: dict | None = None  # set through AsyncVectorEnv.set_attr, then restore_pending()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None:
@@ -96,6 +97,11 @@ class ReplayableEnv(gym.Wrapper):
                 raise UserError("checkpoint's environment state does not replay (episode ended early)")
         return obs
 
+    def restore_pending(self):
+        """`restore` for an env in an AsyncVectorEnv worker, which gets its own snapshot via set_attr first."""
+        obs, self.pending_snapshot = self.restore(self.pending_snapshot), None
+        return obs
+
 
 def _to_builtin(value):
     if isinstance(value, np.generic):
@@ -120,8 +126,9 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return ReplayableEnv(env)
 
 
-def make_vector_env(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
-    """N copies in one process, reset in the same step they end (the final observation is in info).
+def make_vector_env(env_id: str, num_envs: int, vector: str = "sync", **kwargs) -> gym.vector.VectorEnv:
+    """N copies, reset in the same step they end (the final observation is in info): in this process
+    (`sync`) or one subprocess each (`async`, worth it when one env step costs more than the pipe round trip).
 
     Atari with `env.kwargs.ale_vector_env: true` runs on ale-py's threaded AtariVectorEnv instead: faster with
     many envs, but its state cannot be exported, so such a run cannot be resumed mid-run.
@@ -130,13 +137,16 @@ def make_vector_env(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEn
         check_env_id(env_id)
         kwargs = {k: v for k, v in kwargs.items() if k != "ale_vector_env"}
         return make_atari_vector_env(env_id, num_envs, **kwargs)
-    return SyncVectorEnv(
-        [lambda: make_env(env_id, **kwargs) for _ in range(num_envs)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    )
+    factories = [lambda: make_env(env_id, **kwargs) for _ in range(num_envs)]
+    if vector == "async":
+        make_env(env_id, **kwargs).close()  # a bad id or kwarg fails here, as a UserError, not in a worker
+        return AsyncVectorEnv(factories, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def snapshot_vector_env(envs: gym.vector.VectorEnv) -> list[dict]:
+    if isinstance(envs, AsyncVectorEnv):
+        return list(envs.call("snapshot"))
     if not isinstance(envs, SyncVectorEnv):  # AtariVectorEnv: the emulators' state stays inside ale-py
         return [{"not_replayable": type(envs).__name__}] * envs.num_envs
     return [env.snapshot() for env in envs.envs]
@@ -145,6 +155,9 @@ def snapshot_vector_env(envs: gym.vector.VectorEnv) -> list[dict]:
 def restore_vector_env(envs: gym.vector.VectorEnv, snapshots: list[dict]) -> np.ndarray:
     if len(snapshots) != envs.num_envs:
         raise UserError(f"checkpoint holds {len(snapshots)} env states but the config has {envs.num_envs} envs")
+    if isinstance(envs, AsyncVectorEnv) and not any("not_replayable" in s for s in snapshots):
+        envs.set_attr("pending_snapshot", list(snapshots))
+        return np.stack(envs.call("restore_pending"))
     if not isinstance(envs, SyncVectorEnv) or any("not_replayable" in s for s in snapshots):
         raise UserError("runs with env.kwargs.ale_vector_env=true cannot be resumed (ale-py keeps the env state)")
     return np.stack([env.restore(snap) for env, snap in zip(envs.envs, snapshots, strict=True)])

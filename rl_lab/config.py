@@ -65,6 +65,7 @@ class RunConfig:
 class EnvConfig:
     id: str = "CartPole-v1"
     num_envs: int = 1
+    vector: Literal["sync", "async"] = "sync"  # async: one subprocess per env
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
 
     def __post_init__(self):

@@ -63,6 +63,31 @@ def _truncate(path: Path, lines: int) -> None:
     write_atomic(path, "".join(keep))
 
 
+def init_wandb(run_dir: Path, config: dict, mode: str, project: str, entity: str | None, run_name: str | None) -> Any:
+    """Start (or, with the id saved in run_dir, continue) the W&B run, silently and with a bounded wait."""
+    import wandb
+
+    # Our top-level `agents` package looks to wandb like an LLM-agents SDK; skip its Weave suggestion.
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+
+    id_file = run_dir / "wandb_id.txt"
+    if not id_file.exists():
+        id_file.write_text(secrets.token_hex(4) + "\n")
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))  # an unreachable server must not hang the run
+    settings = wandb.Settings(silent=True, console="off", init_timeout=timeout, login_timeout=timeout)
+    return wandb.init(
+        project=project,
+        entity=entity,
+        name=run_name,
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+        id=id_file.read_text().strip(),
+        resume="allow",
+        settings=settings,
+    )
+
+
 class RunLogger:
     """Writes metrics to metrics.jsonl and W&B and draws the progress bar; W&B failures only warn."""
 
@@ -91,40 +116,13 @@ class RunLogger:
         mode = resolve_wandb_mode(wandb_mode)
         if mode != "disabled":  # a disabled run never imports wandb
             try:
-                self._run = self._init_wandb(run_dir, config, mode, project, entity, run_name)
+                self._run = init_wandb(run_dir, config, mode, project, entity, run_name)
             except Exception as e:
                 self._wandb_failed(e)
         if mode == "online" and self._run is not None:
             print(f"wandb run: {self._run.url}", file=sys.stderr)
         show = progress and sys.stderr.isatty()  # no bar redraws in CI logs
         self._bar = tqdm(total=total_steps, unit="step", initial=initial_step, dynamic_ncols=True) if show else None
-
-    @staticmethod
-    def _init_wandb(
-        run_dir: Path, config: dict, mode: str, project: str, entity: str | None, run_name: str | None
-    ) -> Any:
-        """Start (or, with the id saved in run_dir, continue) the W&B run, silently and with a bounded wait."""
-        import wandb
-
-        # Our top-level `agents` package looks to wandb like an LLM-agents SDK; skip its Weave suggestion.
-        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
-
-        id_file = run_dir / "wandb_id.txt"
-        if not id_file.exists():
-            id_file.write_text(secrets.token_hex(4) + "\n")
-        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))  # an unreachable server must not hang the run
-        settings = wandb.Settings(silent=True, console="off", init_timeout=timeout, login_timeout=timeout)
-        return wandb.init(
-            project=project,
-            entity=entity,
-            name=run_name,
-            dir=str(run_dir),
-            config=config,
-            mode=mode,
-            id=id_file.read_text().strip(),
-            resume="allow",
-            settings=settings,
-        )
 
     def _wandb_failed(self, error: Exception) -> None:
         """W&B is optional: warn once and drop it for the rest of the run."""

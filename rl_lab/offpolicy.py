@@ -218,7 +218,7 @@ class OffPolicyTrainer:
 
 
 def make_envs(config: Config):
-    return make_vector_env(config.env.id, config.env.num_envs, **config.env.kwargs)
+    return make_vector_env(config.env.id, config.env.num_envs, config.env.vector, **config.env.kwargs)
 
 
 def make_replay(config: Config, envs, device):

@@ -40,7 +40,7 @@ def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: fl
 
 def log_videos(run_dir: Path, config, paths: list[Path]) -> bool:
     """Log mp4 files to the run's W&B run (continued by its saved id); False when W&B is off or fails."""
-    from rl_lab.logger import RunLogger, resolve_wandb_mode
+    from rl_lab.logger import init_wandb, resolve_wandb_mode
 
     w = config.logger.wandb
     mode = resolve_wandb_mode(w.mode)
@@ -49,7 +49,7 @@ def log_videos(run_dir: Path, config, paths: list[Path]) -> bool:
     import wandb
 
     try:
-        run = RunLogger._init_wandb(run_dir, config.to_dict(), mode, w.project, w.entity, run_dir.name)
+        run = init_wandb(run_dir, config.to_dict(), mode, w.project, w.entity, run_dir.name)
         run.log({"eval/video": [wandb.Video(str(p), format="mp4") for p in paths]})
         run.finish()
     except Exception as e:  # W&B is optional, as in RunLogger

@@ -192,3 +192,21 @@ def test_space_checks_are_user_errors():
         space = gym.spaces.Box(-1, 1, (3,))
         cfg = config_from_dict({"agent": {"name": "a2c"}}).agent
         A2C(cfg, space, gym.spaces.MultiDiscrete([2, 2]), torch.device("cpu"), 10)
+
+
+def test_async_envs_give_the_sync_run_and_resume_exactly(tmp_path):
+    """env.vector=async steps each env in its own process: same numbers as in-process, and resumable."""
+    sync, asyn, cut = tmp_path / "sync", tmp_path / "async", tmp_path / "cut"
+    base = [str(REPO / "configs" / "cartpole_a2c.yaml")]
+    assert main(["train", *base, *tiny(sync, ["env.num_envs=4"])]) == 0
+    assert main(["train", *base, *tiny(asyn, ["env.num_envs=4", "env.vector=async"])]) == 0
+    metrics = (sync / "metrics.jsonl").read_text()
+    assert (asyn / "metrics.jsonl").read_text() == metrics
+    shutil.copytree(asyn, cut)
+    checkpoints = sorted((cut / "checkpoints").glob("step_*"))
+    for later in checkpoints[1:]:
+        shutil.rmtree(later)
+    (cut / "checkpoints" / "latest").write_text(checkpoints[0].name + "\n")
+    (cut / "summary.json").unlink()
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert (cut / "metrics.jsonl").read_text() == metrics
