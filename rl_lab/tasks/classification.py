@@ -8,6 +8,7 @@ weights. Logging, checkpoints and the run directory are rl_lab's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import time
@@ -101,7 +102,10 @@ def encoder_spec(cfg: EncoderConfig, image_shape: tuple[int, ...]) -> EncoderSpe
 
 
 def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast on CUDA only; elsewhere no context at all (a disabled autocast still costs time per step)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -254,7 +258,9 @@ class ClassificationTrainer:
                 self.ema.update(self.model)
             state.step += 1
             with torch.no_grad():
-                totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(), torch.tensor(len(y))])
+                totals[0] += loss.detach() * len(y)
+                totals[1] += (logits.argmax(1) == y).sum()
+                totals[2] += len(y)
             if log_now:
                 row = {"epoch": epoch, "train/loss": distributed.mean(loss.detach()).item()}
                 row["train/lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_mult"]

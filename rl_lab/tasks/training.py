@@ -7,6 +7,7 @@ learning-rate multiplier and freezing work the same for every task.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,15 +113,20 @@ def batches(
     seed: int | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled (seed given; the same seed gives the same order) or sequential batches of (images, labels).
 
     Shuffled batches drop the last partial batch, so every step sees batch_size examples (BatchNorm, DDP shards).
     """
+    n, drop_last = len(labels), seed is not None and len(labels) > batch_size
+    if num_workers == 0 and not pin_memory:  # in-process: slices of one permutation, the order RandomSampler draws
+        order = torch.arange(n) if seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        order = order[: n - n % batch_size] if drop_last else order
+        return ((images[i], labels[i]) for i in order.split(batch_size))
     data = IndexedBatches(images, labels)
     if seed is None:
         sampler = BatchSampler(SequentialSampler(data), batch_size, drop_last=False)
     else:
-        order = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
-        sampler = BatchSampler(order, batch_size, drop_last=len(data) > batch_size)
+        shuffled = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+        sampler = BatchSampler(shuffled, batch_size, drop_last)
     return DataLoader(data, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
