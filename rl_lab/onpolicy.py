@@ -24,6 +24,7 @@ from torch import nn
 
 from envs import restore_vector_env, snapshot_vector_env
 from envs.atari import learning_signals
+from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from rl_lab.config import Config, EncoderConfig, check
 from rl_lab.errors import UserError
@@ -75,16 +76,20 @@ class PolicyGradientAgent:
         self.net = PolicyNetwork(
             cfg.encoder, observation_space, action_space, value, cfg.shared_encoder, cfg.log_std_init
         ).to(device)
+        encoders = nn.ModuleList(self.net.encoders())
+        for encoder in encoders:
+            init_encoder(encoder, cfg.encoder)  # encoder.init (a saved encoder) and encoder.freeze
+        groups = param_groups(self.net, encoders, cfg.encoder, cfg.lr)  # encoders at lr * encoder.lr_mult
         if cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps)
+            self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.optimizer_eps)
         else:  # RMSprop as in the A3C paper and SB3's A2C
-            self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps)
+            self.optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps)
         self.greedy = GreedyPolicy(self.net, device)
 
     def gradient_step(self, loss: torch.Tensor, step: int) -> float:
         """One optimizer step on `loss` at env step `step`; returns the gradient norm before clipping."""
         if self.cfg.lr_end is not None:
-            self.optimizer.param_groups[0]["lr"] = linear_schedule(self.cfg.lr, self.cfg.lr_end, self.total_steps, step)
+            set_lr(self.optimizer, linear_schedule(self.cfg.lr, self.cfg.lr_end, self.total_steps, step))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")

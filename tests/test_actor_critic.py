@@ -210,3 +210,27 @@ def test_async_envs_give_the_sync_run_and_resume_exactly(tmp_path):
     (cut / "summary.json").unlink()
     assert main(["train", "--resume", str(cut)]) == 0
     assert (cut / "metrics.jsonl").read_text() == metrics
+
+
+def test_encoder_init_and_freeze_reach_policy_gradient_agents(tmp_path):
+    """encoder.init loads a saved encoder into actor and critic; encoder.freeze keeps it fixed while heads learn."""
+    from rl_lab.backbone import save_encoder
+
+    source = a2c_trainer("CartPole-v1", 2, shared_encoder=False)
+    with torch.no_grad():  # both trainers start from seed 0: make the saved weights differ from a fresh init
+        for p in source.agent.net.actor_encoder.parameters():
+            p.add_(1.0)
+    save_encoder(source.agent.net.actor_encoder, tmp_path / "enc")
+    trainer = a2c_trainer(
+        "CartPole-v1", 2, shared_encoder=False, encoder={"name": "mlp", "init": str(tmp_path / "enc"), "freeze": True}
+    )
+    net = trainer.agent.net
+    saved = source.agent.net.actor_encoder.state_dict()
+    for encoder in net.encoders():
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        assert all(torch.equal(before[k], saved[k]) for k in saved)
+    head = {k: v.clone() for k, v in net.action_head.state_dict().items()}
+    dist = net.action_head(net.actor_encoder(torch.randn(8, 4)))
+    trainer.agent.gradient_step(-dist.log_prob(torch.zeros(8, dtype=torch.long)).mean(), step=0)
+    assert all(torch.equal(v, saved[k]) for encoder in net.encoders() for k, v in encoder.state_dict().items())
+    assert not all(torch.equal(v, head[k]) for k, v in net.action_head.state_dict().items())
