@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,15 @@ def save_checkpoint(
     for old in sorted(checkpoints_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextmanager
+def reading_checkpoint(path: Path):
+    """Missing entries or mismatched types and shapes while loading `path` become one UserError, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path:

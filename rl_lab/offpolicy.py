@@ -20,7 +20,7 @@ from gymnasium.vector import SyncVectorEnv
 
 from envs import make_vector_env, restore_vector_env, snapshot_vector_env
 from envs.atari import is_atari, learning_signals
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, reading_checkpoint, save_checkpoint
 from rl_lab.config import Config
 from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate
@@ -183,10 +183,8 @@ class OffPolicyTrainer:
     def resume(self, run_dir: Path) -> None:
         """Load the latest checkpoint: agent, replay, RNGs, counters and the envs' episodes in progress."""
         path = latest_checkpoint(run_dir / "checkpoints")
-        try:
+        with reading_checkpoint(path):
             self._load(path)
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
 
     def _load(self, path: Path) -> None:
         torch_state, arrays, meta = load_checkpoint(path, self.agent.device)

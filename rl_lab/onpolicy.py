@@ -25,7 +25,7 @@ from torch import nn
 from envs import restore_vector_env, snapshot_vector_env
 from envs.atari import learning_signals
 from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
 from rl_lab.config import Config, EncoderConfig, check
 from rl_lab.errors import UserError
 from rl_lab.evaluation import eval_stats, evaluate
@@ -304,10 +304,8 @@ class OnPolicyTrainer:
     def resume(self, run_dir: Path) -> None:
         """Load the latest checkpoint: agent, RNGs, counters, recurrent state and the envs' episodes in progress."""
         path = latest_checkpoint(run_dir / "checkpoints")
-        try:
+        with reading_checkpoint(path):
             self._load(path)
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
 
     def _load(self, path: Path) -> None:
         torch_state, arrays, meta = load_checkpoint(path, self.agent.device)

@@ -26,7 +26,7 @@ from rl_lab.backbone import EncoderSpec, build_encoder, load_encoder
 from rl_lab.backbone.encoders import Encoder
 from rl_lab.backbone.transfer import init_encoder, param_groups, saved_spec
 from rl_lab.backbone.vision import feature_map
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
 from rl_lab.config import EncoderConfig, TaskConfig, check
 from rl_lab.data.captions import (
     CAPTION_DATASETS,
@@ -401,7 +401,7 @@ class CaptioningTrainer:
         """Load the latest checkpoint: weights, optimiser, schedule, best weights, RNGs and counters."""
         path = latest_checkpoint(run_dir / "checkpoints")
         torch_state, _, meta = load_checkpoint(path, self.device)
-        try:
+        with reading_checkpoint(path):
             load_module_state(self.model, torch_state["model"], "model")
             self.optimizer.load_state_dict(torch_state["optimizer"])
             self.schedule.load_state_dict(torch_state["schedule"])
@@ -409,8 +409,6 @@ class CaptioningTrainer:
             set_rng_state(self.rng, meta.pop("rng"), torch_state["rng"])
             meta.pop("model")
             self.state = CaptionState(**meta)
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
 
     def load_weights(self, checkpoint: Path) -> Captioner:
         """The model a finished run was scored with (its best validation weights), in eval mode."""

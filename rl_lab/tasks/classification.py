@@ -22,7 +22,7 @@ from torch import nn
 
 from rl_lab.backbone import EncoderSpec, LinearHead, MLPHead, build_encoder
 from rl_lab.backbone.transfer import init_encoder, param_groups, saved_spec
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
 from rl_lab.config import EncoderConfig, TaskConfig, check
 from rl_lab.data import load_dataset
 from rl_lab.diagnostics import snapshot, update_ratios
@@ -326,7 +326,7 @@ class ClassificationTrainer:
         """Load the latest checkpoint: weights, optimiser, schedule, EMA, best weights, RNGs and counters."""
         path = latest_checkpoint(run_dir / "checkpoints")
         torch_state, _, meta = load_checkpoint(path, self.device)
-        try:
+        with reading_checkpoint(path):
             load_module_state(self.model, torch_state["model"], "model")
             self.optimizer.load_state_dict(torch_state["optimizer"])
             self.schedule.load_state_dict(torch_state["schedule"])
@@ -336,8 +336,6 @@ class ClassificationTrainer:
             set_rng_state(self.rng, meta.pop("rng"), torch_state["rng"])
             self.init_fingerprint = meta.pop("init_fingerprint")
             self.state = EpochState(**meta)
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"checkpoint {path} is incomplete or inconsistent ({type(err).__name__}: {err})") from None
 
     def load_weights(self, checkpoint: Path) -> nn.Module:
         """The model a finished run was tested with (best validation weights, EMA if used), in eval mode."""
