@@ -23,7 +23,7 @@ from torch import nn
 
 from rl_lab.backbone import EncoderSpec, build_encoder
 from rl_lab.config import EncoderConfig, check
-from rl_lab.glimpse import glimpse, patch_sides
+from rl_lab.glimpse import pad_for_glimpses, patch_sides, read_glimpses
 from rl_lab.returns import discounted_returns
 
 
@@ -110,10 +110,10 @@ class RAM(nn.Module):
         self.classifier = nn.Linear(c.hidden_size, num_classes)
         self.baseline = nn.Linear(c.hidden_size, 1)
 
-    def glimpse_features(self, images: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        """g_t = ReLU(Linear(h_g) + Linear(h_l)) for images (B, C, H, W) in [0, 1] and locations (B, 2)."""
+    def glimpse_features(self, padded: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """g_t = ReLU(Linear(h_g) + Linear(h_l)) for images in [0, 1] (padded by `pad_for_glimpses`), loc (B, 2)."""
         c = self.config
-        patches = glimpse(images, loc, c.glimpse_size, c.scales, c.scale).flatten(1, 2)
+        patches = read_glimpses(padded, loc, c.glimpse_size, c.scales, c.scale).flatten(1, 2)
         h_g = self.what(patches if self.fit is None else self.fit(patches, self.what.spec.input_shape))
         h_l = F.relu(self.where(loc))
         return F.relu(self.what_to_g(h_g) + self.where_to_g(h_l))
@@ -124,18 +124,19 @@ class RAM(nn.Module):
         state = self.core.initial_state(batch, images.device)
         h = torch.zeros(batch, c.hidden_size, device=images.device)
         no_reset = torch.zeros(1, batch, dtype=torch.bool, device=images.device)
+        padded = pad_for_glimpses(images, c.glimpse_size, c.scales, c.scale)
         locations, log_probs, baselines = [], [], []
         for _ in range(c.glimpses):
             mean = torch.tanh(self.locator(h.detach()))
             if sample:
                 raw = torch.normal(mean.detach(), c.std)  # sampled without a graph: l_t carries no gradient
-                log_probs.append(torch.distributions.Normal(mean, c.std).log_prob(raw).sum(-1))
+                log_probs.append(torch.distributions.Normal(mean, c.std, validate_args=False).log_prob(raw).sum(-1))
                 loc = raw.clamp(-1.0, 1.0)
             else:
                 loc = mean.detach()
                 log_probs.append(torch.zeros(batch, device=images.device))
             baselines.append(self.baseline(h.detach()).squeeze(-1))
-            g = self.glimpse_features(images, loc)
+            g = self.glimpse_features(padded, loc)
             out, state = self.core(g.unsqueeze(0), state, no_reset)
             h = out[0]
             locations.append(loc)

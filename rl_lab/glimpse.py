@@ -4,8 +4,9 @@ A glimpse at location l in [-1, 1]^2 (x right, y down, (0, 0) the image centre, 
 is k square patches centred there: the first g x g pixels, each next one `scale` times wider, every patch
 average-pooled back to g x g. Pixels outside the image read as zero.
 
-All k patches share one integer centre, so the k patches are central crops of the widest one: one gather of
-the widest patch per image, then a slice and an average pool per scale. The location is rounded to a pixel,
+All k patches share one integer centre, so the k patches are central crops of the widest one: one indexed
+read of the widest patch per image (from an unfolded view of the padded batch), then a slice and an average
+pool per scale. The location is rounded to a pixel,
 so the sensor is not differentiable in l — RAM never needs that (the sampled location is detached).
 """
 
@@ -29,25 +30,34 @@ def pixel_centres(loc: torch.Tensor, height: int, width: int) -> tuple[torch.Ten
     return row, col
 
 
-def glimpse(images: torch.Tensor, loc: torch.Tensor, size: int, scales: int = 1, scale: int = 2) -> torch.Tensor:
-    """Glimpses of a batch: images (B, C, H, W) float, loc (B, 2) -> (B, scales, C, size, size).
+def pad_for_glimpses(images: torch.Tensor, size: int, scales: int = 1, scale: int = 2) -> torch.Tensor:
+    """Zero-pad a batch (B, C, H, W) so that the widest patch at every in-range location lies inside it.
+
+    RAM pads once per batch and reads all its glimpses from the result (`read_glimpses`)."""
+    widest = size * scale ** (scales - 1)
+    return F.pad(images, (widest // 2, widest, widest // 2, widest))
+
+
+def read_glimpses(padded: torch.Tensor, loc: torch.Tensor, size: int, scales: int = 1, scale: int = 2) -> torch.Tensor:
+    """Glimpses from a batch padded by `pad_for_glimpses`: loc (B, 2) -> (B, scales, C, size, size).
 
     Patch i of side P = size * scale**i covers rows r - P//2 .. r - P//2 + P - 1 (cols alike) around the
-    pixel centre (r, c) from `pixel_centres`.
+    pixel centre (r, c) from `pixel_centres`; in padded coordinates the widest patch starts at (r, c).
     """
-    batch, channels, height, width = images.shape
     widest = size * scale ** (scales - 1)
     half = widest // 2
-    padded = F.pad(images, (half, widest, half, widest))  # covers every patch of every in-range location
+    height, width = padded.shape[-2] - half - widest, padded.shape[-1] - half - widest
     row, col = pixel_centres(loc, height, width)
-    offsets = torch.arange(widest, device=images.device)
-    rows = (row[:, None] + offsets)[:, :, None]  # padded coordinates: the widest patch starts at r - half + half
-    cols = (col[:, None] + offsets)[:, None, :]
-    index = (rows * padded.shape[-1] + cols).reshape(batch, 1, widest * widest).expand(-1, channels, -1)
-    patch = padded.flatten(2).gather(2, index).reshape(batch, channels, widest, widest)
+    windows = padded.unfold(2, widest, 1).unfold(3, widest, 1)  # a view: (B, C, rows, cols, widest, widest)
+    patch = windows[torch.arange(padded.shape[0], device=padded.device), :, row, col]  # (B, C, widest, widest)
     out = []
     for side in patch_sides(size, scales, scale):
         start = half - side // 2
         crop = patch[:, :, start : start + side, start : start + side]
         out.append(F.avg_pool2d(crop, side // size) if side > size else crop)
     return torch.stack(out, dim=1)
+
+
+def glimpse(images: torch.Tensor, loc: torch.Tensor, size: int, scales: int = 1, scale: int = 2) -> torch.Tensor:
+    """Glimpses of a batch: images (B, C, H, W) float, loc (B, 2) -> (B, scales, C, size, size)."""
+    return read_glimpses(pad_for_glimpses(images, size, scales, scale), loc, size, scales, scale)

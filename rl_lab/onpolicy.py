@@ -14,7 +14,7 @@ point and resumed writes the same metrics.jsonl as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,18 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs import restore_vector_env, snapshot_vector_env
-from envs.atari import learning_signals
 from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
+from rl_lab.checkpoint import load_module_state
 from rl_lab.config import Config, EncoderConfig, check
 from rl_lab.errors import UserError
-from rl_lab.evaluation import eval_stats, evaluate
 from rl_lab.logger import RunLogger
-from rl_lab.offpolicy import RECENT_EPISODES, LoopState
+from rl_lab.loop import EnvLoop
 from rl_lab.policy import GreedyPolicy, PolicyNetwork
 from rl_lab.schedules import crossed, linear_schedule
-from rl_lab.seeding import rng_state, set_rng_state
 
 
 @dataclass
@@ -123,30 +119,17 @@ class Rollout:
     episodes: int  # complete episodes in the rollout
 
 
-class OnPolicyTrainer:
+class OnPolicyTrainer(EnvLoop):
     def __init__(self, config: Config, agent: PolicyGradientAgent, envs, rng: np.random.Generator):
-        self.config, self.agent, self.envs, self.rng = config, agent, envs, rng
         n = envs.num_envs
         if agent.episodes_per_update is not None and agent.episodes_per_update % n:
             raise UserError(
                 f"agent.episodes_per_update={agent.episodes_per_update} must be a multiple of env.num_envs={n} "
                 "(every env plays the same number of episodes per update)"
             )
-        self.state = LoopState()
-        self.episode_return = np.zeros(n)
-        self.episode_length = np.zeros(n, dtype=np.int64)
-        self.signals = learning_signals(config.env.id, config.env.kwargs)  # Atari: clipped rewards, life loss
-        self.obs, infos = envs.reset(seed=config.seed)
-        self.signals.start(infos)
+        super().__init__(config, agent, envs, rng)
         self.starts = np.ones(n, dtype=bool)
         self.rnn_state = agent.net.initial_state(n, agent.device)
-
-    def evaluate(self) -> dict[str, float]:
-        c = self.config
-        result = evaluate(
-            self.agent.greedy, c.env.id, c.eval.episodes, c.seed + c.eval.seed_offset, c.eval.epsilon, c.env.kwargs
-        )
-        return eval_stats(result)
 
     @torch.no_grad()
     def collect(self) -> Rollout:
@@ -194,7 +177,7 @@ class OnPolicyTrainer:
             }
             for key, value in record.items():
                 steps.setdefault(key, []).append(value)
-            self._track_episodes(rewards, done, valid)
+            self.track_episodes(rewards, done, counted=valid)
             finished += done & valid
             self.obs, self.starts = next_obs, done
             if (whole_episodes and (finished >= quota).all()) or len(steps["obs"]) == agent.n_steps:
@@ -234,7 +217,7 @@ class OnPolicyTrainer:
             taken = state.step - before
             row = {}
             if crossed(state.step, taken, c.logger.log_every):
-                row.update(self._train_metrics())
+                row.update(self.train_metrics())
             if c.eval.every and crossed(state.step, taken, c.eval.every) and state.step < total:
                 row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
             if row:
@@ -247,76 +230,13 @@ class OnPolicyTrainer:
                 )
             if c.run.checkpoint_every and crossed(state.step, taken, c.run.checkpoint_every):
                 self.save(run_dir, start_time, logger)
-        train_time = state.wall_time_s + time.perf_counter() - start_time
-        if state.final_eval is None:  # a run resumed after its final checkpoint has logged this already
-            state.final_eval = self.evaluate()
-            logger.log(state.step, {**self._train_metrics(), **{f"eval/{k}": v for k, v in state.final_eval.items()}})
-            self.save(run_dir, start_time, logger)
-        return {
-            "final_eval": state.final_eval,
-            "env_steps": state.step,
-            "episodes": state.episodes,
-            "wall_time_s": train_time,
-            "sps": state.step / train_time if train_time > 0 else 0.0,
-            "steps_this_process": state.step - start_step,
-        }
+        return self.finish(run_dir, logger, start_step, start_time)
 
-    def _track_episodes(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
-        """Running returns and lengths; an episode counts when it ended on a step that was learned from."""
-        self.episode_return += rewards
-        self.episode_length += 1
-        counted = done & valid
-        if counted.any():
-            s = self.state
-            s.recent_returns = (s.recent_returns + self.episode_return[counted].tolist())[-RECENT_EPISODES:]
-            s.recent_lengths = (s.recent_lengths + self.episode_length[counted].tolist())[-RECENT_EPISODES:]
-            s.episodes += int(counted.sum())
-        self.episode_return[done] = 0.0
-        self.episode_length[done] = 0
+    def checkpoint_extras(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        tensors = {} if self.rnn_state is None else {"rnn_state": self.rnn_state}
+        return tensors, {"starts": self.starts}
 
-    def _train_metrics(self) -> dict[str, float]:
-        s = self.state
-        row = {"train/episodes": s.episodes}
-        if s.recent_returns:
-            row["train/episode_return"] = float(np.mean(s.recent_returns))
-            row["train/episode_length"] = float(np.mean(s.recent_lengths))
-        row.update({f"train/{k}": v for k, v in s.last_train.items()})
-        return row
-
-    def save(self, run_dir: Path, start_time: float, logger: RunLogger) -> None:
-        s = self.state
-        json_rng, tensor_rng = rng_state(self.rng)
-        arrays = {"episode_return": self.episode_return, "episode_length": self.episode_length, "starts": self.starts}
-        if self.signals.lives is not None:
-            arrays["lives"] = self.signals.lives
-        meta = {
-            **asdict(s),
-            "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
-            "metrics_lines": logger.lines,
-            "rng": json_rng,
-            "envs": snapshot_vector_env(self.envs),
-        }
-        torch_state = {"agent": self.agent.state_dict(), "rng": tensor_rng}
-        if self.rnn_state is not None:
-            torch_state["rnn_state"] = self.rnn_state
-        save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
-
-    def resume(self, run_dir: Path) -> None:
-        """Load the latest checkpoint: agent, RNGs, counters, recurrent state and the envs' episodes in progress."""
-        path = latest_checkpoint(run_dir / "checkpoints")
-        with reading_checkpoint(path):
-            self._load(path)
-
-    def _load(self, path: Path) -> None:
-        torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
-        self.agent.load_state_dict(torch_state["agent"])
-        self.obs = restore_vector_env(self.envs, meta["envs"])
-        self.episode_return[:] = arrays["episode_return"]
-        self.episode_length[:] = arrays["episode_length"]
+    def load_extras(self, tensors: dict, arrays: dict[str, np.ndarray]) -> None:
         self.starts[:] = arrays["starts"]
-        if "lives" in arrays:
-            self.signals.lives = arrays["lives"].copy()
         if self.rnn_state is not None:
-            self.rnn_state = torch_state["rnn_state"].to(self.agent.device)
-        set_rng_state(self.rng, meta["rng"], torch_state["rng"])
-        self.state = LoopState(**{f.name: meta[f.name] for f in fields(LoopState)})
+            self.rnn_state = tensors["rnn_state"].to(self.agent.device)

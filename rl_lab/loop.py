@@ -1,0 +1,146 @@
+"""What the off-policy and on-policy training loops share: episode bookkeeping, evaluation, the final evaluation
+and the run's result, and checkpoints that let a killed run resume to the same metrics.jsonl.
+
+A loop subclasses `EnvLoop`, writes its own `run()` (the algorithm's order of acting, storing and learning), and
+adds what only it needs to a checkpoint through `checkpoint_extras` / `load_extras`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs import restore_vector_env, snapshot_vector_env
+from envs.atari import learning_signals
+from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, reading_checkpoint, save_checkpoint
+from rl_lab.config import Config
+from rl_lab.errors import UserError
+from rl_lab.evaluation import eval_stats, evaluate
+from rl_lab.logger import RunLogger
+from rl_lab.seeding import rng_state, set_rng_state
+
+RECENT_EPISODES = 20  # episodes averaged for the logged training return
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    episodes: int = 0
+    recent_returns: list[float] = field(default_factory=list)
+    recent_lengths: list[int] = field(default_factory=list)
+    last_train: dict = field(default_factory=dict)  # the most recent update's metrics (loss, Q, entropy, ...)
+    wall_time_s: float = 0.0  # time spent by earlier processes of this run (before a resume)
+    metrics_lines: int = 0  # lines of metrics.jsonl written when the checkpoint was saved
+    final_eval: dict | None = None  # set once the final evaluation has been logged and saved
+
+
+class EnvLoop:
+    """N envs stepped together; raw episode scores tracked per env; learning signals (Atari: clipped rewards,
+    loss of life as a terminal) kept apart from them."""
+
+    def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
+        self.config, self.agent, self.envs, self.rng = config, agent, envs, rng
+        n = envs.num_envs
+        self.state = LoopState()
+        self.episode_return = np.zeros(n)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.signals = learning_signals(config.env.id, config.env.kwargs)
+        self.obs, infos = envs.reset(seed=config.seed)
+        self.signals.start(infos)
+
+    def evaluate(self) -> dict[str, float]:
+        c = self.config
+        result = evaluate(
+            self.agent.greedy, c.env.id, c.eval.episodes, c.seed + c.eval.seed_offset, c.eval.epsilon, c.env.kwargs
+        )
+        return eval_stats(result, c.env.id)
+
+    def track_episodes(self, rewards: np.ndarray, done: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """Running raw returns and lengths; a finished episode counts unless `counted` masks it out."""
+        self.episode_return += rewards
+        self.episode_length += 1
+        counted = done if counted is None else done & counted
+        if counted.any():
+            s = self.state
+            s.recent_returns = (s.recent_returns + self.episode_return[counted].tolist())[-RECENT_EPISODES:]
+            s.recent_lengths = (s.recent_lengths + self.episode_length[counted].tolist())[-RECENT_EPISODES:]
+            s.episodes += int(counted.sum())
+        self.episode_return[done] = 0.0
+        self.episode_length[done] = 0
+
+    def train_metrics(self) -> dict[str, float]:
+        s = self.state
+        row = {"train/episodes": s.episodes}
+        if s.recent_returns:
+            row["train/episode_return"] = float(np.mean(s.recent_returns))
+            row["train/episode_length"] = float(np.mean(s.recent_lengths))
+        row.update({f"train/{k}": v for k, v in s.last_train.items()})
+        return row
+
+    def finish(self, run_dir: Path, logger: RunLogger, start_step: int, start_time: float) -> dict:
+        """The final evaluation (logged and checkpointed once, even across a resume) and the run's result."""
+        state = self.state
+        train_time = state.wall_time_s + time.perf_counter() - start_time
+        if state.final_eval is None:  # a run resumed after its final checkpoint has logged this already
+            state.final_eval = self.evaluate()
+            logger.log(state.step, {**self.train_metrics(), **{f"eval/{k}": v for k, v in state.final_eval.items()}})
+            self.save(run_dir, start_time, logger)
+        return {
+            "final_eval": state.final_eval,
+            "env_steps": state.step,
+            "episodes": state.episodes,
+            "wall_time_s": train_time,
+            "sps": state.step / train_time if train_time > 0 else 0.0,
+            "steps_this_process": state.step - start_step,
+        }
+
+    def checkpoint_extras(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """What only this loop needs to resume: (tensors, arrays)."""
+        return {}, {}
+
+    def load_extras(self, tensors: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what `checkpoint_extras` saved."""
+
+    def save(self, run_dir: Path, start_time: float, logger: RunLogger) -> None:
+        s = self.state
+        json_rng, tensor_rng = rng_state(self.rng)
+        tensors, arrays = self.checkpoint_extras()
+        arrays = {"episode_return": self.episode_return, "episode_length": self.episode_length, **arrays}
+        if self.signals.lives is not None:
+            arrays["lives"] = self.signals.lives
+        meta = {
+            **asdict(s),
+            "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
+            "metrics_lines": logger.lines,
+            "rng": json_rng,
+            "envs": snapshot_vector_env(self.envs),
+        }
+        torch_state = {"agent": self.agent.state_dict(), "rng": tensor_rng, **tensors}
+        save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
+
+    def resume(self, run_dir: Path) -> None:
+        """Load the latest checkpoint: agent, RNGs, counters, the envs' episodes in progress and the extras."""
+        path = latest_checkpoint(run_dir / "checkpoints")
+        with reading_checkpoint(path):
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
+        if len(meta["envs"]) != self.envs.num_envs:
+            raise UserError(
+                f"checkpoint {path} holds {len(meta['envs'])} envs but the config has env.num_envs="
+                f"{self.envs.num_envs}; resume with the run's original config"
+            )
+        self.agent.load_state_dict(torch_state["agent"])
+        self.load_extras(torch_state, arrays)
+        self.episode_return[:] = arrays["episode_return"]
+        self.episode_length[:] = arrays["episode_length"]
+        if "lives" in arrays:
+            self.signals.lives = arrays["lives"].copy()
+        set_rng_state(self.rng, meta["rng"], torch_state["rng"])
+        self.obs = restore_vector_env(self.envs, meta["envs"])
+        self.state = LoopState(**{f.name: meta[f.name] for f in fields(LoopState)})
