@@ -179,15 +179,17 @@ def test_ram_config_errors_are_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a2c_runs_on_the_glimpse_env(tmp_path):
-    """The on-policy agents train on the glimpse task as an env (configs/glimpse_a2c.yaml), end to end."""
-    run = tmp_path / "a2c"
+@pytest.mark.parametrize("config", ["glimpse_a2c.yaml", "glimpse_reinforce.yaml"])
+def test_policy_gradient_agents_run_on_the_glimpse_env(tmp_path, config):
+    """A2C and REINFORCE train on the glimpse task as an env (the shipped configs), end to end."""
+    run = tmp_path / "run"
     result = run_rl_lab(
         "train",
-        REPO / "configs" / "glimpse_a2c.yaml",
+        REPO / "configs" / config,
         *QUIET,
         "train.total_steps=512",
         "env.num_envs=4",
+        *(["agent.episodes_per_update=8"] if "reinforce" in config else []),
         "eval.episodes=4",
         "eval.every=0",
         f"run.dir={run}",
