@@ -4,6 +4,8 @@ metrics.jsonl is the run's own deterministic record (same seed on CPU -> byte-id
 best-effort mirror that may fail or be unreachable without ever stopping training.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import secrets
@@ -123,6 +125,23 @@ class RunLogger:
             print(f"wandb run: {self._run.url}", file=sys.stderr)
         show = progress and sys.stderr.isatty()  # no bar redraws in CI logs
         self._bar = tqdm(total=total_steps, unit="step", initial=initial_step, dynamic_ncols=True) if show else None
+
+    @classmethod
+    def for_run(cls, run_dir: Path, config, total_steps: int, state, resume: bool) -> RunLogger:
+        """The logger of a training run (agent or task): W&B and progress settings from `config.logger`; on resume,
+        metrics.jsonl is cut back to the lines the checkpoint's loop `state` had written."""
+        return cls(
+            run_dir,
+            config.to_dict(),
+            wandb_mode=config.logger.wandb.mode,
+            project=config.logger.wandb.project,
+            entity=config.logger.wandb.entity,
+            run_name=Path(run_dir).name,
+            total_steps=total_steps,
+            progress=config.logger.progress,
+            resume_lines=state.metrics_lines if resume else None,
+            initial_step=state.step,
+        )
 
     def _wandb_failed(self, error: Exception) -> None:
         """W&B is optional: warn once and drop it for the rest of the run."""

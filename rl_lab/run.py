@@ -113,18 +113,7 @@ def _train(session: Session, run_dir: Path, resume: bool) -> None:
 
         train_task(config, session.trainer, run_dir, resume)
         return
-    logger = RunLogger(
-        run_dir,
-        config.to_dict(),
-        wandb_mode=config.logger.wandb.mode,
-        project=config.logger.wandb.project,
-        entity=config.logger.wandb.entity,
-        run_name=run_dir.name,
-        total_steps=config.train.total_steps,
-        progress=config.logger.progress,
-        resume_lines=session.trainer.state.metrics_lines if resume else None,
-        initial_step=session.trainer.state.step,
-    )
+    logger = RunLogger.for_run(run_dir, config, config.train.total_steps, session.trainer.state, resume)
     try:
         summary = session.trainer.run(run_dir, logger)
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

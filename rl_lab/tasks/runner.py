@@ -28,21 +28,9 @@ def build_task(config: TaskConfig):
 def train_task(config: TaskConfig, trainer, run_dir: Path, resume: bool) -> dict:
     main = distributed.is_main_process()
     train = trainer.data["train"]
+    total_steps = config.train.epochs * max(len(train) // config.train.batch_size, 1)
     logger = (
-        RunLogger(
-            run_dir,
-            config.to_dict(),
-            wandb_mode=config.logger.wandb.mode,
-            project=config.logger.wandb.project,
-            entity=config.logger.wandb.entity,
-            run_name=run_dir.name,
-            total_steps=config.train.epochs * max(len(train) // config.train.batch_size, 1),
-            progress=config.logger.progress,
-            resume_lines=trainer.state.metrics_lines if resume else None,
-            initial_step=trainer.state.step,
-        )
-        if main
-        else distributed.NullLogger()
+        RunLogger.for_run(run_dir, config, total_steps, trainer.state, resume) if main else distributed.NullLogger()
     )
     try:
         summary = trainer.run(run_dir, logger)
