@@ -23,6 +23,17 @@ SOLVED = 475.0
 QUIET = ["logger.wandb.mode=disabled", "logger.progress=false", "device=cpu"]
 
 
+def killed_after_first_checkpoint(run_dir: Path, cut: Path) -> int:
+    """Copy run_dir to cut as a run killed after its first checkpoint leaves it; returns the checkpoints it had."""
+    shutil.copytree(run_dir, cut)
+    checkpoints = sorted((cut / "checkpoints").glob("step_*"))
+    for later in checkpoints[1:]:
+        shutil.rmtree(later)
+    (cut / "checkpoints" / "latest").write_text(checkpoints[0].name + "\n")
+    (cut / "summary.json").unlink()
+    return len(checkpoints)
+
+
 def a2c_trainer(env_id: str, num_envs: int, env_kwargs: dict | None = None, **agent) -> OnPolicyTrainer:
     config = config_from_dict(
         {
@@ -123,13 +134,7 @@ def test_resume_from_a_middle_checkpoint_repeats_the_run_exactly(tmp_path, name)
         assert main(["train", str(REPO / "configs" / config), *tiny(run_dir, overrides)]) == 0
     metrics = (full / "metrics.jsonl").read_text()
     assert metrics == (twin / "metrics.jsonl").read_text()
-    shutil.copytree(full, cut)  # what a run killed after its first checkpoint leaves behind
-    checkpoints = sorted((cut / "checkpoints").glob("step_*"))
-    assert len(checkpoints) >= 3
-    for later in checkpoints[1:]:
-        shutil.rmtree(later)
-    (cut / "checkpoints" / "latest").write_text(checkpoints[0].name + "\n")
-    (cut / "summary.json").unlink()
+    assert killed_after_first_checkpoint(full, cut) >= 3
     assert main(["train", "--resume", str(cut)]) == 0
     assert (cut / "metrics.jsonl").read_text() == metrics
     final = sorted((full / "checkpoints").glob("step_*"))[-1].name
@@ -202,12 +207,7 @@ def test_async_envs_give_the_sync_run_and_resume_exactly(tmp_path):
     assert main(["train", *base, *tiny(asyn, ["env.num_envs=4", "env.vector=async"])]) == 0
     metrics = (sync / "metrics.jsonl").read_text()
     assert (asyn / "metrics.jsonl").read_text() == metrics
-    shutil.copytree(asyn, cut)
-    checkpoints = sorted((cut / "checkpoints").glob("step_*"))
-    for later in checkpoints[1:]:
-        shutil.rmtree(later)
-    (cut / "checkpoints" / "latest").write_text(checkpoints[0].name + "\n")
-    (cut / "summary.json").unlink()
+    killed_after_first_checkpoint(asyn, cut)
     assert main(["train", "--resume", str(cut)]) == 0
     assert (cut / "metrics.jsonl").read_text() == metrics
 
