@@ -1,9 +1,6 @@
-"""One file per algorithm. `AGENTS` maps a config's `agent.name` to its config dataclass and agent class."""
+"""One file per algorithm, read top to bottom: dqn.py, tabular_q.py, reinforce.py, actor_critic.py (A2C) and
+ram.py, with what REINFORCE and A2C share in policy_gradient.py and every agent's settings in configs.py.
 
-from agents.actor_critic import A2C, A2CConfig
-from agents.dqn import DQN, DQNConfig
-from agents.reinforce import REINFORCE, REINFORCEConfig
-from agents.tabular_q import TabularQ, TabularQConfig
-
-AGENTS = {"dqn": DQN, "tabular_q": TabularQ, "reinforce": REINFORCE, "a2c": A2C}
-AGENT_CONFIGS = {"dqn": DQNConfig, "tabular_q": TabularQConfig, "reinforce": REINFORCEConfig, "a2c": A2CConfig}
+Nothing is imported here: rl_lab.loader maps `agent.name` to its config and its class, loading only the agent a
+run needs.
+"""

@@ -3,34 +3,19 @@
     loss = -mean(A_t log pi(a_t|s_t)) + value_coef * mean((V(s_t) - R_t)^2) - entropy_coef * mean(H[pi(.|s_t)])
 
 A_t is the n-step advantage R_t - V(s_t) or GAE(lambda); R_t = A_t + V(s_t) is the critic's target. Both bootstrap
-from V(s') at the end of the rollout and at time-limit truncations, never after termination (rl_lab.returns).
+from V(s') at the end of the rollout and at time-limit truncations, never after termination (rl_lab.rl.returns).
 The critic shares the actor's encoder or has its own; a recurrent encoder (lstm/gru) carries its state across
-rollouts and is trained by truncated BPTT over each rollout. Env stepping and rollouts live in rl_lab.onpolicy.
+rollouts and is trained by truncated BPTT over each rollout. Env stepping and rollouts live in rl_lab.rl.onpolicy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch.nn.functional as F
 
-from rl_lab.config import check
-from rl_lab.onpolicy import PolicyGradientAgent, PolicyGradientConfig, Rollout
-from rl_lab.returns import discounted_returns, gae
-
-
-@dataclass
-class A2CConfig(PolicyGradientConfig):
-    name: str = "a2c"
-    n_steps: int = 5  # rollout length per env
-    advantage: Literal["gae", "nstep"] = "gae"
-    gae_lambda: float = 0.95
-
-    def __post_init__(self):
-        super().__post_init__()
-        check(self.n_steps >= 1, "n_steps", "must be >= 1")
-        check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "must be in [0, 1]")
+from rl_lab.agents.configs import A2CConfig
+from rl_lab.agents.policy_gradient import PolicyGradientAgent
+from rl_lab.rl.onpolicy import Rollout
+from rl_lab.rl.returns import discounted_returns, gae
 
 
 class A2C(PolicyGradientAgent):

@@ -2,15 +2,13 @@
 Double DQN (van Hasselt et al. 2016), a dueling head (Wang et al. 2016), prioritized replay (Schaul et al. 2016)
 and n-step returns (Sutton 1988; Hessel et al. 2018).
 
-Read top to bottom: the config, the Q-network (a backbone encoder plus a linear or dueling head), epsilon-greedy
-acting, the TD target, and the update. Env stepping, replay storage (uniform, frame-stacked, prioritized, n-step
-returns), logging and checkpoints live in rl_lab.
+Read top to bottom: the Q-network (a backbone encoder plus a linear or dueling head), epsilon-greedy acting, the
+replay it learns from, the TD target, and the update; its settings are DQNConfig in agents/configs.py. Env stepping,
+the replay buffers themselves (uniform, frame-stacked, prioritized, n-step returns), logging and checkpoints live in
+rl_lab.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -18,65 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl_lab.agents.configs import DQNConfig
 from rl_lab.backbone import EncoderSpec, LinearHead, build_encoder
-from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
+from rl_lab.backbone.transfer import init_encoder
 from rl_lab.checkpoint import load_module_state
-from rl_lab.config import EncoderConfig, check
 from rl_lab.errors import UserError
-from rl_lab.replay import Batch
+from rl_lab.optim import anneal, autocast, make_optimizer
+from rl_lab.replay.frames import FrameReplay
+from rl_lab.replay.prioritized import Prioritized
+from rl_lab.replay.uniform import Batch, ReplayBuffer
 from rl_lab.schedules import crossed, linear_schedule
-
-
-@dataclass
-class DQNConfig:
-    name: str = "dqn"
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig("mlp", {"hidden_sizes": [256, 256]}))
-    lr: float = 1e-3
-    lr_end: float | None = None  # if set, the learning rate decays linearly to lr_end over train.total_steps
-    adam_eps: float = 1e-8
-    gamma: float = 0.99
-    buffer_size: int = 100_000
-    batch_size: int = 64
-    learning_starts: int = 1_000  # environment steps of random-ish play before the first update
-    train_freq: int = 4  # environment steps between training phases
-    gradient_steps: int = 1  # gradient steps per training phase
-    target_update_interval: int = 1_000  # environment steps between target-network updates
-    tau: float = 1.0  # 1 = hard copy; < 1 = Polyak averaging target <- tau * online + (1 - tau) * target
-    exploration_initial: float = 1.0
-    exploration_final: float = 0.05
-    exploration_fraction: float = 0.1  # fraction of train.total_steps over which epsilon decays linearly
-    loss: Literal["huber", "mse"] = "huber"
-    max_grad_norm: float | None = 10.0  # None = no clipping
-    double_dqn: bool = False
-    dueling: bool = False  # Q = V + A - mean(A), two linear streams on the encoder features
-    n_step: int = 1  # bootstrap after n rewards: sum_k gamma^k r_k + gamma^n max_a Q(s_n, a)
-    prioritized: bool = False  # proportional prioritized replay
-    per_alpha: float = 0.5  # priority exponent (0 = uniform)
-    per_beta: float = 0.4  # importance-sampling exponent at the start, annealed to 1 over train.total_steps
-    per_eps: float = 1e-6  # added to |TD error| so no transition gets priority 0
-    replay_device: Literal["cpu", "train"] = "cpu"  # "train": keep Atari frames on the training device (GPU)
-    compile: bool = False  # torch.compile the Q-network (worth it on a GPU)
-    bf16: bool = False  # bfloat16 autocast for the forward passes of an update (for GPUs)
-
-    def __post_init__(self):
-        check(self.lr > 0, "lr", "must be > 0")
-        check(self.lr_end is None or self.lr_end >= 0, "lr_end", "must be >= 0 or null")
-        check(self.adam_eps > 0, "adam_eps", "must be > 0")
-        check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
-        check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.buffer_size >= self.batch_size, "buffer_size", f"must be >= batch_size ({self.batch_size})")
-        check(self.learning_starts >= 0, "learning_starts", "must be >= 0")
-        check(self.train_freq >= 1, "train_freq", "must be >= 1")
-        check(self.gradient_steps >= 1, "gradient_steps", "must be >= 1")
-        check(self.target_update_interval >= 1, "target_update_interval", "must be >= 1")
-        check(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
-        for key in ("exploration_initial", "exploration_final", "exploration_fraction"):
-            check(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
-        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
-        check(self.n_step >= 1, "n_step", "must be >= 1")
-        check(self.per_alpha >= 0, "per_alpha", "must be >= 0")
-        check(0.0 <= self.per_beta <= 1.0, "per_beta", "must be in [0, 1]")
-        check(self.per_eps > 0, "per_eps", "must be > 0")
 
 
 class DuelingHead(nn.Module):
@@ -106,7 +55,7 @@ class QNetwork(nn.Module):
 
 
 class DQN:
-    loop = "offpolicy"  # trained by rl_lab.offpolicy.OffPolicyTrainer
+    loop = "offpolicy"  # trained by rl_lab.rl.offpolicy.OffPolicyTrainer
 
     def __init__(
         self,
@@ -122,6 +71,7 @@ class DQN:
         self.device = device
         self.n_actions = int(action_space.n)
         self.obs_shape = observation_space.shape
+        self.obs_dtype = observation_space.dtype
         self.total_steps = total_steps
         self.exploration_steps = int(cfg.exploration_fraction * total_steps)
         spec = EncoderSpec(cfg.encoder.name, tuple(self.obs_shape), cfg.encoder.kwargs)
@@ -133,9 +83,18 @@ class DQN:
         # compiled callables share the modules' parameters; state_dict() stays that of the plain modules
         self.q_fn = torch.compile(self.q_net) if cfg.compile else self.q_net
         self.target_fn = torch.compile(self.target_net) if cfg.compile else self.target_net
-        # fused: one kernel for all parameters instead of a dozen small ops per tensor (matters for small nets)
-        groups = param_groups(self.q_net, self.q_net.encoder, cfg.encoder, cfg.lr)  # encoder at lr * lr_mult
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        self.optimizer = make_optimizer(self.q_net, self.q_net.encoder, cfg.encoder, cfg.optim, fused=True)
+
+    def make_replay(self, num_envs: int, frame_padding: str | None):
+        """The replay this agent learns from, built from its own settings. Stacked Atari frames (the env reports
+        its stack padding, "repeat" or "zero") are stored once each; other observations whole."""
+        c = self.cfg
+        if frame_padding is not None:
+            storage = self.device if c.replay_device == "train" else "cpu"
+            buffer = FrameReplay(c.buffer_size, self.obs_shape, num_envs, c.n_step, c.gamma, frame_padding, storage)
+        else:
+            buffer = ReplayBuffer(c.buffer_size, self.obs_shape, self.obs_dtype, n_step=c.n_step, gamma=c.gamma)
+        return Prioritized(buffer, c.per_alpha, c.per_eps) if c.prioritized else buffer
 
     def epsilon(self, step: int) -> float:
         c = self.cfg
@@ -151,7 +110,7 @@ class DQN:
         return q_values.argmax(dim=1).cpu().numpy()
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return autocast(self.device, self.cfg.optim.amp)
 
     def act(self, obs: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
         """Epsilon-greedy for a batch of N envs; skips the network when every env explores."""
@@ -221,8 +180,7 @@ class DQN:
         # All batches of this phase are sampled at once, and since the target net cannot change during a phase,
         # Q_target(s', .) for all of them comes from one forward pass. Double DQN still needs the online net's
         # argmax at each step; plain DQN targets are then complete before the first step.
-        if c.lr_end is not None:
-            set_lr(self.optimizer, linear_schedule(c.lr, c.lr_end, self.total_steps, step))
+        anneal(self.optimizer, c.optim, step, self.total_steps)
         if c.prioritized:
             buffer.beta = linear_schedule(c.per_beta, 1.0, self.total_steps, step)
         batches = buffer.sample((c.gradient_steps, c.batch_size), rng, self.device)
@@ -248,8 +206,8 @@ class DQN:
                 buffer.update_priorities(batch.indices, (target - q_taken).detach().cpu().numpy())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if c.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.q_net.parameters(), c.max_grad_norm)
+            if c.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.q_net.parameters(), c.optim.grad_clip)
             self.optimizer.step()
             losses.append(loss.detach())
             q_means.append(q_taken.detach().mean())

@@ -14,45 +14,17 @@ through a sampled location, a baseline trained by the policy term) are tested in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl_lab.agents.configs import RAMConfig
 from rl_lab.backbone import EncoderSpec, build_encoder
-from rl_lab.config import EncoderConfig, check
-from rl_lab.glimpse import pad_for_glimpses, patch_sides, read_glimpses
-from rl_lab.returns import discounted_returns
-
-
-@dataclass
-class RAMConfig:
-    """The model and its loss; the task config (rl_lab/tasks/ram.py) adds data, optimiser and evaluation."""
-
-    glimpses: int = 6  # glimpses per image; the class is read after the last one
-    glimpse_size: int = 8  # g: side of every patch after resizing
-    scales: int = 1  # k patches per glimpse
-    scale: int = 2  # each patch this many times wider than the previous one (an integer: pooling is exact)
-    # h_g: the glimpse's "what" pathway, a backbone encoder over (scales * C, g, g); the paper's is Linear + ReLU
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig("mlp", {"hidden_sizes": [128]}))
-    location_hidden: int = 128  # h_l: the "where" pathway
-    glimpse_hidden: int = 256  # g_t = ReLU(Linear(h_g) + Linear(h_l))
-    core: Literal["rnn", "lstm", "gru"] = "rnn"  # rnn: the paper's h_t = ReLU(Linear(h_{t-1}) + Linear(g_t))
-    hidden_size: int = 256
-    std: float = 0.15  # fixed standard deviation of the location policy (in units of half the image)
-    gamma: float = 1.0  # discount of the single final reward
-    reinforce_coef: float = 1.0
-    baseline_coef: float = 1.0
-
-    def __post_init__(self):
-        for key in ("glimpses", "glimpse_size", "scales", "scale", "location_hidden", "glimpse_hidden", "hidden_size"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(self.std > 0, "std", "must be > 0")
-        check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
-        check(self.reinforce_coef >= 0, "reinforce_coef", "must be >= 0")
-        check(self.baseline_coef >= 0, "baseline_coef", "must be >= 0")
+from rl_lab.backbone.vision import fit_images
+from rl_lab.ram.sensor import pad_for_glimpses, patch_sides, read_glimpses
+from rl_lab.rl.returns import discounted_returns
 
 
 @dataclass
@@ -93,11 +65,7 @@ class RAM(nn.Module):
         self.sensor_shape = (c.scales * image_shape[0], c.glimpse_size, c.glimpse_size)
         what_shape = tuple(what_shape or self.sensor_shape)
         self.what = build_encoder(EncoderSpec(c.encoder.name, what_shape, c.encoder.kwargs))
-        self.fit = None
-        if what_shape != self.sensor_shape:
-            from rl_lab.tasks.classification import fit_images  # not at the top: rl_lab.tasks imports this module
-
-            self.fit = fit_images
+        self.fit = fit_images if what_shape != self.sensor_shape else None
         self.where = nn.Linear(2, c.location_hidden)
         self.what_to_g = nn.Linear(self.what.out_dim, c.glimpse_hidden)
         self.where_to_g = nn.Linear(c.location_hidden, c.glimpse_hidden)

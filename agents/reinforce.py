@@ -5,35 +5,19 @@
 G_t is the whole episode's return (`reward_to_go: false`) or the (discounted, `gamma`) reward-to-go from t; the
 baseline b is none, a moving average of the returns, or a learned value function V(s_t) (fit by regression on G_t,
 with its own encoder or sharing the policy's). Each update uses `episodes_per_update` complete episodes played by
-the vector envs (rl_lab.onpolicy collects them). Read top to bottom: config, the weights of the log-probabilities,
-the update.
+the vector envs (rl_lab.rl.onpolicy collects them). Read top to bottom: the weights of the log-probabilities, the
+update; the settings are REINFORCEConfig in agents/configs.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from rl_lab.config import check
-from rl_lab.onpolicy import PolicyGradientAgent, PolicyGradientConfig, Rollout
-from rl_lab.returns import discounted_returns, episode_returns
-
-
-@dataclass
-class REINFORCEConfig(PolicyGradientConfig):
-    name: str = "reinforce"
-    episodes_per_update: int = 8  # m: complete episodes per gradient step (a multiple of env.num_envs)
-    reward_to_go: bool = True  # False: every step is weighted by its episode's whole return
-    baseline: Literal["none", "moving_average", "learned_value"] = "learned_value"
-    baseline_momentum: float = 0.9  # moving_average: b <- momentum * b + (1 - momentum) * batch mean of G
-
-    def __post_init__(self):
-        super().__post_init__()
-        check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
-        check(0.0 <= self.baseline_momentum < 1.0, "baseline_momentum", "must be in [0, 1)")
+from rl_lab.agents.configs import REINFORCEConfig
+from rl_lab.agents.policy_gradient import PolicyGradientAgent
+from rl_lab.rl.onpolicy import Rollout
+from rl_lab.rl.returns import discounted_returns, episode_returns
 
 
 def reinforce_weights(

@@ -5,44 +5,21 @@
 with no bootstrap after termination (a time limit does bootstrap). The off-policy loop that trains DQN trains
 this agent too, which then learns from each new transition in order (`buffer.latest`), so tabular runs get the
 same CLI, run directory, logging, checkpoints, resume and evaluation. Needs a discrete observation: a state index
-(GridWorld-v0 with env.kwargs.obs=index, FrozenLake, CliffWalking, Taxi).
+(rl_lab/GridWorld-v0 with env.kwargs.obs=index, FrozenLake, CliffWalking, Taxi).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from rl_lab.agents.configs import TabularQConfig
 from rl_lab.checkpoint import load_module_state
-from rl_lab.config import check
 from rl_lab.errors import UserError
-from rl_lab.replay import ReplayBuffer
+from rl_lab.replay.uniform import ReplayBuffer
 from rl_lab.schedules import linear_schedule
-
-
-@dataclass
-class TabularQConfig:
-    name: str = "tabular_q"
-    lr: float = 0.5  # step size alpha; 1 is exact on a deterministic MDP, stochastic ones need it to decay
-    lr_end: float | None = None  # if set, the step size decays linearly to lr_end over train.total_steps
-    gamma: float = 0.99
-    q_init: float = 0.0  # 0 is optimistic when moves cost: untried actions look best, so they get tried
-    exploration_initial: float = 1.0
-    exploration_final: float = 0.1
-    exploration_fraction: float = 0.5  # fraction of train.total_steps over which epsilon decays linearly
-    buffer_size: int = 1_000  # the loop's store of recent transitions; only the newest are learned from
-
-    def __post_init__(self):
-        check(0.0 < self.lr <= 1.0, "lr", "must be in (0, 1]")
-        check(self.lr_end is None or 0.0 <= self.lr_end <= 1.0, "lr_end", "must be in [0, 1] or null")
-        check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
-        for key in ("exploration_initial", "exploration_final", "exploration_fraction"):
-            check(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
-        check(self.buffer_size >= 1, "buffer_size", "must be >= 1")
 
 
 class QTable(nn.Module):
@@ -57,7 +34,7 @@ class QTable(nn.Module):
 
 
 class TabularQ:
-    loop = "offpolicy"  # trained by rl_lab.offpolicy.OffPolicyTrainer
+    loop = "offpolicy"  # trained by rl_lab.rl.offpolicy.OffPolicyTrainer
 
     def __init__(
         self,
@@ -70,7 +47,7 @@ class TabularQ:
         if not isinstance(observation_space, gym.spaces.Discrete):
             raise UserError(
                 f"tabular Q-learning needs a discrete observation (a state index), the env has {observation_space}; "
-                "for GridWorld-v0 set env.kwargs.obs=index"
+                "for rl_lab/GridWorld-v0 set env.kwargs.obs=index"
             )
         if not isinstance(action_space, gym.spaces.Discrete):
             raise UserError(f"tabular Q-learning needs a discrete action space, the env has {action_space}")
@@ -81,6 +58,11 @@ class TabularQ:
         self.exploration_steps = int(cfg.exploration_fraction * total_steps)
         self.q_net = QTable(int(observation_space.n), self.n_actions, cfg.q_init)
         self.q = self.q_net.table.numpy()  # a view: updated in numpy, checkpointed through the module
+        self.obs_space = observation_space
+
+    def make_replay(self, num_envs: int, frame_padding: str | None) -> ReplayBuffer:
+        """A plain store of recent transitions: `train` reads the newest ones, in order."""
+        return ReplayBuffer(self.cfg.buffer_size, self.obs_space.shape, self.obs_space.dtype)
 
     def epsilon(self, step: int) -> float:
         c = self.cfg

@@ -6,7 +6,7 @@ Measured: env steps and wall-clock until the 20-episode greedy mean first reache
   (b) a2c        our A2C, configs/cartpole_a2c.yaml (its own step budget)
   (c) reinforce  our REINFORCE with the learned value baseline, configs/cartpole_reinforce.yaml
 Every `--eval-every` env steps each trial pauses, evaluates 20 greedy episodes on fresh envs seeded seed + 10000
-through rl_lab.evaluation (the same code for both libraries), and stops at the first mean >= 475. Evaluation time is
+through rl_lab.rl.evaluation (the same code for both libraries), and stops at the first mean >= 475. Evaluation time is
 excluded from the wall-clock; construction is included, imports are not. Trials run one at a time, each in a fresh
 subprocess, variants interleaved per seed (their order rotating) so machine load hits all alike.
 
@@ -53,7 +53,7 @@ class SolveWatch:
         return step >= self.next
 
     def check(self, policy, step: int) -> bool:
-        from rl_lab.evaluation import evaluate
+        from rl_lab.rl.evaluation import evaluate
 
         while self.next <= step:
             self.next += self.every
@@ -110,11 +110,10 @@ def run_sb3(seed: int, every: int, max_steps: int) -> dict:
 
 
 def run_ours(config: str, seed: int, every: int, max_steps: int | None) -> dict:
-    """The loop of rl_lab.onpolicy (collect a rollout, update), without its logging and checkpoints."""
+    """The loop of rl_lab.rl.onpolicy (collect a rollout, update), without its logging and checkpoints."""
     import torch
 
-    from rl_lab.config import load_config
-    from rl_lab.run import build
+    from rl_lab.loader import build_trainer, load_config
 
     warm_up_torch()
     start = time.perf_counter()
@@ -122,7 +121,7 @@ def run_ours(config: str, seed: int, every: int, max_steps: int | None) -> dict:
     if max_steps is not None:
         overrides.append(f"train.total_steps={max_steps}")
     cfg = load_config(ROOT / config, overrides)
-    trainer = build(cfg).trainer
+    trainer = build_trainer(cfg)
     watch = SolveWatch(seed, every)
     while trainer.state.step < cfg.train.total_steps:
         trainer.agent.update(trainer.collect(), trainer.state.step)

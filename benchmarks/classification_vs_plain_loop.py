@@ -23,30 +23,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rl_lab.backbone.transfer import export_encoder
-from rl_lab.config import load_config
-from rl_lab.ensembles import compare
-from rl_lab.run import train_new
-from rl_lab.tasks.distributed import NullLogger
-from rl_lab.tasks.runner import build_task
+from rl_lab.commands.ensemble import compare
+from rl_lab.distributed import NullLogger
+from rl_lab.loader import build_trainer, load_config
+from rl_lab.runs import export_encoder, train_new
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "mnist_cnn.yaml"
 QUIET = ["device=cpu", "torch_threads=1", "logger.wandb.mode=disabled", "logger.progress=false"]
-SPEED = [*QUIET, "task.augment={}", "task.ema_decay=null", "task.schedule={name: constant}"]
+SPEED = [*QUIET, "task.augment={}", "task.ema_decay=null", "task.optim.schedule=constant"]
 
 
 def ours(epochs: int) -> float:
-    trainer = build_task(load_config(CONFIG, SPEED))
+    trainer = build_trainer(load_config(CONFIG, SPEED))
     trainer.train_epoch(NullLogger())  # warm-up epoch, as for plain
-    start, images = time.perf_counter(), trainer.state.train_images
+    start, images = time.perf_counter(), trainer.state.train_examples
     for _ in range(epochs):
         trainer.train_epoch(NullLogger())
-    return (trainer.state.train_images - images) / (time.perf_counter() - start)
+    return (trainer.state.train_examples - images) / (time.perf_counter() - start)
 
 
 def plain(epochs: int, dataloader: bool) -> float:
-    trainer = build_task(load_config(CONFIG, SPEED))  # the same model, initial weights and data
+    trainer = build_trainer(load_config(CONFIG, SPEED))  # the same model, initial weights and data
     model, train = trainer.model, trainer.data["train"]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(

@@ -7,7 +7,7 @@ Variants, interleaved per seed (their order rotates from seed to seed) so that m
 
 Every trial runs in a fresh subprocess of this script (`--worker`). Timed with time.perf_counter: construction +
 training (imports and the final evaluation excluded). Final score: 20 greedy episodes on fresh envs seeded
-seed + 10000, through rl_lab.evaluation for both libraries. Solved: mean return >= 475.
+seed + 10000, through rl_lab.rl.evaluation for both libraries. Solved: mean return >= 475.
 
     .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --seeds 0 1 2 3 4 --out docs/dqn_cartpole_vs_sb3.json
     .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --quick          # smoke test: 3000 steps, seed 0
@@ -75,7 +75,7 @@ def run_sb3(seed: int, steps: int | None, device: str) -> dict:
     import torch
     from stable_baselines3 import DQN
 
-    from rl_lab.evaluation import eval_stats, evaluate
+    from rl_lab.rl.evaluation import eval_stats, evaluate
 
     warm_up_torch()
     start = time.perf_counter()
@@ -120,19 +120,19 @@ def run_sb3(seed: int, steps: int | None, device: str) -> dict:
 def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Path) -> dict:
     import torch
 
-    import rl_lab.offpolicy
-    from rl_lab.run import train_new
+    import rl_lab.rl.offpolicy
+    from rl_lab.runs import train_new
 
     # The timed span ends where the training loop ends, before the final evaluation: construction is the time up to
     # the start of OffPolicyTrainer.run, the loop is its own `wall_time_s` (perf_counter, final eval excluded).
     loop_started: list[float] = []
-    run = rl_lab.offpolicy.OffPolicyTrainer.run
+    run = rl_lab.rl.offpolicy.OffPolicyTrainer.run
 
     def timed_run(self, *args, **kwargs):
         loop_started.append(time.perf_counter())
         return run(self, *args, **kwargs)
 
-    rl_lab.offpolicy.OffPolicyTrainer.run = timed_run
+    rl_lab.rl.offpolicy.OffPolicyTrainer.run = timed_run
     warm_up_torch()
     overrides = [
         f"seed={seed}",

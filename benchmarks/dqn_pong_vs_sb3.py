@@ -42,7 +42,7 @@ def run_sb3(learning_starts: int, steps: int) -> dict:
                 self.start = time.perf_counter()
             return True
 
-    from envs import check_env_id
+    from rl_lab.envs import check_env_id
 
     check_env_id("PongNoFrameskip-v4")  # registers ale-py's envs with gymnasium
     env = VecFrameStack(make_atari_env("PongNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
@@ -97,8 +97,7 @@ class _Capture:
 def run_ours(learning_starts: int, steps: int, run_dir: Path) -> dict:
     import torch
 
-    from rl_lab.config import load_config
-    from rl_lab.run import build
+    from rl_lab.loader import build_trainer, load_config
 
     overrides = [
         "device=cpu",
@@ -113,7 +112,7 @@ def run_ours(learning_starts: int, steps: int, run_dir: Path) -> dict:
     ]
     config = load_config(ROOT / "configs" / "pong_dqn.yaml", overrides)
     config.env.kwargs["max_num_frames_per_episode"] = 4000  # the final evaluation is not timed: keep it short
-    trainer = build(config).trainer
+    trainer = build_trainer(config)
     capture = _Capture()
     trainer.run(run_dir, capture)
     learning = [r for r in capture.rows if r["step"] > learning_starts and "time/sps" in r][:-1]  # final row: eval

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from agents.ram import RAM, RAMConfig, ram_losses
-from rl_lab.glimpse import glimpse
+from rl_lab.agents.ram import RAM, RAMConfig, ram_losses
+from rl_lab.ram.sensor import glimpse
 
 MODELS = {  # name: (image side, RAMConfig kwargs), as in configs/ram_*.yaml
     "mnist 28x28, 8x8 x3, gru": (28, {"glimpse_size": 8, "scales": 3, "core": "gru"}),

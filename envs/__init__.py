@@ -10,13 +10,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from envs.atari import SeededResets, check_atari_id, is_atari, make_atari_env, make_atari_vector_env
+from rl_lab.envs.atari import SeededResets, check_atari_id, is_atari, make_atari_env, make_atari_vector_env
 from rl_lab.errors import UserError
 
-# The lab's own envs. GridWorld's map, observation, step reward and slip are env.kwargs (see envs/gridworld.py).
-gym.register("GridWorld-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=200)
-gym.register("Glimpse-v0", entry_point="envs.glimpse:GlimpseEnv")  # RAM's task for any agent (envs/glimpse.py)
-gym.register("CartPoleNoVelocity-v1", entry_point="envs.wrappers:cartpole_no_velocity", max_episode_steps=500)
+# The lab's own envs, in the rl_lab/ namespace so no id clashes with another package's. GridWorld's map,
+# observation, step reward and slip are env.kwargs (see envs/gridworld.py).
+OWN_ENVS = {
+    "GridWorld-v0": ("rl_lab.envs.gridworld:GridWorldEnv", 200),
+    "Glimpse-v0": ("rl_lab.envs.glimpse:GlimpseEnv", None),  # RAM's task for any agent (envs/glimpse.py)
+    "CartPoleNoVelocity-v1": ("rl_lab.envs.wrappers:cartpole_no_velocity", 500),
+}
+for _name, (_entry_point, _limit) in OWN_ENVS.items():
+    gym.register(f"rl_lab/{_name}", entry_point=_entry_point, max_episode_steps=_limit)
 
 
 @cache
@@ -48,6 +53,8 @@ def check_env_id(env_id: str) -> None:
         _register_minatar()
     if env_id in gym.registry:
         return
+    if env_id in OWN_ENVS:
+        raise UserError(f"env.id={env_id!r} is now 'rl_lab/{env_id}' (the lab's own envs carry the rl_lab/ namespace)")
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"env.id={env_id!r} is not a registered gymnasium environment{hint}")

@@ -36,6 +36,14 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4")
 
 
+def frame_stack_padding(env_id: str, envs: gym.vector.VectorEnv) -> str | None:
+    """How the env pads a frame stack at an episode start ("repeat" the first frame or "zero"); None when its
+    observations are not stacked Atari frames. A frame replay must rebuild stacks the same way."""
+    if not is_atari(env_id):
+        return None
+    return "repeat" if isinstance(envs, gym.vector.SyncVectorEnv) else "zero"  # FrameStackObservation / AtariVectorEnv
+
+
 def check_atari_id(env_id: str, registry) -> None:
     """A bad game name exits 2 with the closest game names (`ALE/Pongg-v5` -> `ALE/Pong-v5`)."""
     if env_id in registry:

@@ -28,7 +28,7 @@ import torch
 
 from rl_lab.data import load_dataset
 from rl_lab.errors import UserError
-from rl_lab.glimpse import glimpse
+from rl_lab.ram.sensor import glimpse
 
 
 @lru_cache(maxsize=4)

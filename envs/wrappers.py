@@ -24,6 +24,6 @@ def cartpole_no_velocity(**kwargs) -> gym.Env:
     """CartPole that shows the cart position and pole angle only: the velocities must be inferred from history.
 
     A memoryless policy cannot tell a pole falling left from one swinging back; a recurrent one can.
-    Registered as CartPoleNoVelocity-v1 (500-step limit, solved at 475, like CartPole-v1).
+    Registered as rl_lab/CartPoleNoVelocity-v1 (500-step limit, solved at 475, like CartPole-v1).
     """
     return KeepObservations(CartPoleEnv(**kwargs), [0, 2])

@@ -1,7 +1,9 @@
-"""Experiments as data: YAML files loaded into typed dataclasses, with dotted overrides from the command line.
+"""The config schema: experiments as typed dataclasses, the sections every experiment shares, and the rules that
+turn a nested dict (from YAML plus dotted overrides) into them.
 
-Every user mistake (unknown key, wrong type, invalid value) becomes a UserError naming the key, the value and
-where it came from, so the CLI can print one line and exit 2 before anything is written to disk.
+This module knows no registries: which agent, task or env a name means is resolved by rl_lab.loader. Every user
+mistake (unknown key, wrong type, invalid value) becomes an InvalidValue / UserError naming the key and the value,
+so the CLI can print one line and exit 2 before anything is written to disk. No torch here: `rl-lab config` is fast.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -93,27 +94,81 @@ class EvalConfig:
         check(0.0 <= self.epsilon <= 1.0, "epsilon", "must be in [0, 1]")
 
 
+# The names rl_lab.backbone builds (tests/test_layers.py checks that they match its registry).
+EncoderName = Literal["mlp", "nature_cnn", "lenet", "resnet", "vgg", "lstm", "gru"]
+# The names rl_lab.data and rl_lab.data.captions load (checked against their registries the same way).
+DatasetName = Literal[
+    "digits",
+    "mnist",
+    "mnist_full",
+    "cifar10",
+    "translated_mnist",
+    "cluttered_mnist",
+    "shapes_captions",
+    "coco_captions",
+]
+
+
 @dataclass
 class EncoderConfig:
-    """Which backbone encoder to build; its input shape comes from the environment."""
+    """Which backbone encoder to build; its input shape comes from the environment or the data."""
 
-    name: str = "mlp"
+    name: EncoderName = "mlp"
     kwargs: dict = field(default_factory=dict)
     init: str | None = None  # start from an encoder saved by `rl-lab export-encoder` (a directory)
     freeze: bool = False  # keep the encoder's weights fixed (a linear probe when the head is linear)
     lr_mult: float = 1.0  # encoder learning rate = lr * lr_mult (fine-tune the encoder slower than the head)
 
     def __post_init__(self):
-        from rl_lab.backbone import encoder_names
-
-        names = encoder_names()
-        check(self.name in names, "name", f"unknown encoder; choose one of {', '.join(names)}")
+        check(
+            self.name in typing.get_args(EncoderName),
+            "name",
+            f"must be one of {', '.join(typing.get_args(EncoderName))}",
+        )
         check(self.lr_mult >= 0, "lr_mult", "must be >= 0")
 
 
 @dataclass
+class OptimConfig:
+    """The optimiser of any agent or task (`agent.optim`, `task.optim`): one name for each setting.
+
+    The learning rate follows `schedule` over the run: agents anneal by environment steps (constant, linear,
+    cosine), tasks step once per epoch (all six; plateau with the validation loss). The keys a config gives
+    change its owner's defaults (`agent.optim.lr=1e-3` keeps DQN's gradient clipping), unlike other sections.
+    """
+
+    keeps_owner_defaults: typing.ClassVar[bool] = True
+
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    eps: float = 1e-8  # adam, adamw, rmsprop
+    momentum: float = 0.0  # sgd and rmsprop
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # coupled for sgd/adam/rmsprop, decoupled for adamw; never on biases or norms
+    grad_clip: float | None = None  # max global gradient norm; null = no clipping
+    amp: bool = False  # bfloat16 autocast for forward passes on CUDA (CPU runs stay in full precision)
+    schedule: Literal["constant", "linear", "cosine", "step", "exponential", "plateau"] = "constant"
+    lr_end: float = 0.0  # linear and cosine: the learning rate at the end of the run
+    step_size: int = 10  # step: epochs between decays
+    decay: float = 0.1  # step, exponential (per epoch) and plateau: the factor
+    patience: int = 2  # plateau: epochs without a lower validation loss before decaying
+
+    def __post_init__(self):
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.eps > 0, "eps", "must be > 0")
+        check(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), "nesterov", "needs sgd with momentum")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be > 0 or null")
+        check(self.lr_end >= 0, "lr_end", "must be >= 0")
+        check(self.step_size >= 1, "step_size", "must be >= 1")
+        check(0.0 < self.decay <= 1.0, "decay", "must be in (0, 1]")
+        check(self.patience >= 0, "patience", "must be >= 0")
+
+
+@dataclass
 class Config:
-    agent: Any  # the agent's own dataclass, chosen by `agent.name`
+    agent: Any  # the agent's own dataclass, chosen by `agent.name` (rl_lab.loader)
     seed: int = 0
     device: str = "auto"  # auto = cuda, then mps, then cpu
     torch_threads: int = 0  # 0 = torch's default (one per core)
@@ -139,17 +194,12 @@ class Config:
 class DataConfig:
     """A dataset of rl_lab.data, loaded by name; kwargs go to its loader (e.g. canvas size, clutter)."""
 
-    name: str = "mnist"
+    name: DatasetName = "mnist"
     cache_dir: str | None = None  # downloads live here (default: $RL_LAB_DATA or ~/.cache/rl_lab/data)
     val_fraction: float = 0.1  # share of the training data held out for validation
     kwargs: dict = field(default_factory=dict)  # the dataset's own options (rl_lab.data.dataset_options)
 
     def __post_init__(self):
-        from rl_lab.data import DATASETS
-        from rl_lab.data.captions import CAPTION_DATASETS  # images with sentences (task captioning)
-
-        names = (*DATASETS, *CAPTION_DATASETS)
-        check(self.name in names, "name", f"unknown dataset; choose one of {', '.join(names)}")
         check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
 
 
@@ -183,7 +233,7 @@ class TaskRunConfig:
 class TaskConfig:
     """A supervised experiment: `task.name` picks the task's dataclass as `agent.name` does for agents."""
 
-    task: Any
+    task: Any  # the task's own dataclass, chosen by `task.name` (rl_lab.loader)
     seed: int = 0
     device: str = "auto"
     torch_threads: int = 0
@@ -196,45 +246,7 @@ class TaskConfig:
     to_dict = Config.to_dict
 
 
-def task_config_from_dict(data: dict, source: str) -> TaskConfig:
-    from rl_lab.tasks import TASK_CONFIGS
-
-    task = data.get("task")
-    names = ", ".join(sorted(TASK_CONFIGS))
-    if "agent" in data:
-        raise UserError(f"{source}: has both agent: and task:; an experiment is either an agent or a task")
-    if not isinstance(task, dict) or "name" not in task:
-        raise UserError(f"{source}: missing task.name (one of {names})")
-    if task["name"] not in TASK_CONFIGS:
-        raise UserError(f"{source}: task.name={task['name']!r} is not a task; choose one of {names}")
-    try:
-        return _build(TaskConfig, data, "", {"task": TASK_CONFIGS[task["name"]]})
-    except InvalidValue as err:
-        raise UserError(f"{source}: {err.key}: {err}") from None
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of keys to values")
-    for item in overrides:
-        try:
-            apply_override(data, item)
-        except UserError as err:
-            raise UserError(f"{path}: {err}") from None
-    return config_from_dict(data, source=str(path))
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
+def yaml_problem(err: yaml.YAMLError) -> str:
     """One line: what PyYAML found and where (`expected ',' or '}', but got ':' at line 3, column 5`)."""
     problem = getattr(err, "problem", None)
     mark = getattr(err, "problem_mark", None)
@@ -263,41 +275,28 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict, source: str = "config") -> Config:
-    if "task" in data:
-        return task_config_from_dict(data, source)
-    agent_data = data.get("agent")
-    if not isinstance(agent_data, dict) or "name" not in agent_data:
-        raise UserError(f"{source}: missing agent.name (one of {', '.join(agent_names())})")
-    agent_cls = agent_config_class(agent_data["name"], source)
-    try:
-        config = _build(Config, data, "", {"agent": agent_cls})
-        from envs import check_env_id
-
-        check_env_id(config.env.id)
-    except InvalidValue as err:
-        raise UserError(f"{source}: {err.key}: {err}") from None
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
-    return config
-
-
-def agent_names() -> list[str]:
-    from agents import AGENT_CONFIGS
-
-    return sorted(AGENT_CONFIGS)
-
-
-def agent_config_class(name: Any, source: str) -> type:
-    from agents import AGENT_CONFIGS
-
-    if name not in AGENT_CONFIGS:
-        raise UserError(f"{source}: agent.name={name!r} is not an agent; choose one of {', '.join(agent_names())}")
-    return AGENT_CONFIGS[name]
-
-
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def build_dataclass(cls: type, data: Any, field_types: dict[str, type] | None = None) -> Any:
+    """Dataclass `cls` from a nested dict, every key and type checked; `field_types` fills fields typed Any
+    (`agent`, `task`) with the dataclass a name resolved to. Errors are InvalidValue carrying the dotted key."""
+    return _build(cls, data, "", field_types)
+
+
+# Settings that moved into the one optimiser section (`agent.optim` / `task.optim`): their new names.
+MOVED_TO_OPTIM = {
+    "lr": "optim.lr",
+    "lr_end": "optim.lr_end (with optim.schedule=linear)",
+    "adam_eps": "optim.eps",
+    "optimizer_eps": "optim.eps",
+    "optimizer": "optim.name",
+    "max_grad_norm": "optim.grad_clip",
+    "bf16": "optim.amp",
+    "amp": "optim.amp",
+    "schedule": "optim.schedule (with optim.lr_end, step_size, decay, patience)",
+}
 
 
 def _build(cls: type, data: Any, prefix: str, field_types: dict[str, type] | None = None) -> Any:
@@ -311,14 +310,30 @@ def _build(cls: type, data: Any, prefix: str, field_types: dict[str, type] | Non
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            if "optim" in names and key in MOVED_TO_OPTIM:
+                hint = f"; it is now {prefix}{MOVED_TO_OPTIM[key]}"
             raise InvalidValue(f"{prefix}{key}", f"unknown key{hint}")
-    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in names if name in data}
+    kwargs = {
+        f.name: _coerce(hints[f.name], _with_owner_defaults(f, hints[f.name], data[f.name]), f"{prefix}{f.name}")
+        for f in dataclasses.fields(cls)
+        if f.name in data
+    }
     try:
         return cls(**kwargs)
     except InvalidValue as err:
-        key = f"{prefix}{err.key}"
-        value = kwargs.get(err.key, getattr(cls, err.key, None))
-        raise InvalidValue(f"{key}={value!r}", str(err)) from None
+        first, *rest = err.key.split(".")  # a key of a nested section (optim.schedule) names its own value
+        value = kwargs.get(first, getattr(cls, first, None))
+        for part in rest:
+            value = getattr(value, part, None)
+        raise InvalidValue(f"{prefix}{err.key}={value!r}", str(err)) from None
+
+
+def _with_owner_defaults(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """For a section that keeps its owner's defaults (OptimConfig), the given keys over the field's default."""
+    keeps = getattr(tp, "keeps_owner_defaults", False) and f.default_factory is not dataclasses.MISSING
+    if keeps and isinstance(value, dict):
+        return {**dataclasses.asdict(f.default_factory()), **value}
+    return value
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

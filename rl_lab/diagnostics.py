@@ -35,17 +35,14 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rl_lab.errors import UserError
+from rl_lab.figures import pyplot, save_figure
 from rl_lab.fileio import write_atomic
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.SiLU)
 # Re-initialisations compared by activation_stats: weight std = scale / sqrt(fan_in), biases zero.
@@ -61,9 +58,7 @@ def _write(out_dir: str | Path, name: str, result: dict, fig=None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fig is not None:
-        result["png"] = str(out / f"{name}.png")
-        fig.savefig(result["png"], dpi=100)
-        plt.close(fig)
+        result["png"] = str(save_figure(fig, out / f"{name}.png", dpi=100))
     write_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -86,14 +81,13 @@ def _device(model: nn.Module) -> torch.device:
 
 def _image_grid(rows: list[tuple[str, np.ndarray, str]], n: int):
     """One figure row per (label, maps (n, H, W[, 3]), colormap)."""
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
     for r, (label, maps, cmap) in enumerate(rows):
         for i in range(n):
             axes[r, i].imshow(maps[i], cmap=cmap)
             axes[r, i].set_xticks([])
             axes[r, i].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -144,10 +138,9 @@ def overfit_tiny(
         if accuracy == 1.0:
             steps_to_100 = step
             break
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.semilogy(range(1, len(losses) + 1), losses)
     ax.set(xlabel="step", ylabel="training loss", title=f"overfitting {len(x)} examples: accuracy {accuracy:.0%}")
-    fig.tight_layout()
     result = {
         "n": len(x),
         "train_accuracy": accuracy,
@@ -205,7 +198,7 @@ def activation_stats(model: nn.Module, images, labels, out_dir, seed: int = 0) -
         variants[label] = net
     names = [name for name, _ in _watched_layers(model)]
     result: dict = {"layers": names, "inits": {}}
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         len(variants), len(names), figsize=(1.8 * len(names) + 1, 1.5 * len(variants)), squeeze=False
     )
     for r, (label, net) in enumerate(variants.items()):
@@ -227,7 +220,6 @@ def activation_stats(model: nn.Module, images, labels, out_dir, seed: int = 0) -
             ax.set_title(f"{names[c]}\nμ={stats[-1]['mean']:.2g} σ={stats[-1]['std']:.2g}", fontsize=6)
         axes[r, 0].set_ylabel(label, fontsize=7)
         result["inits"][label] = stats
-    fig.tight_layout()
     return _write(out_dir, "activation_stats", result, fig)
 
 
@@ -264,13 +256,12 @@ def update_ratio_check(
             history.setdefault(name, []).append(ratio)
     medians = {name: float(np.median(r)) for name, r in history.items()}
     overall = float(np.median(list(medians.values())))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     for name, ratios in history.items():
         ax.semilogy(ratios, label=name, lw=1)
     ax.axhline(1e-3, color="k", ls="--", lw=1, label="1e-3")
     ax.set(xlabel="step", ylabel="|update| / |weight|", title=f"Adam lr={lr:g}: median ratio {overall:.1e}")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
     result = {
         "lr": lr,
         "steps": steps,
@@ -303,13 +294,12 @@ def first_layer_filters(model: nn.Module, images, labels, out_dir, max_filters: 
     tiles = _show(w)
     cols = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < len(tiles):
             ax.imshow(tiles[i], cmap="gray", interpolation="nearest")
         ax.axis("off")
     fig.suptitle(f"{name}: {tuple(layer.weight.shape)}", fontsize=8)
-    fig.tight_layout()
     result = {"layer": name, "weight_shape": list(layer.weight.shape), "tiles": len(tiles)}
     return _write(out_dir, "filters", result, fig)
 
@@ -401,13 +391,12 @@ def embeddings(
         else:
             points = TSNE(2, perplexity=min(30.0, len(y) - 1.0), init="pca", random_state=seed).fit_transform(features)
         knn = cross_val_score(KNeighborsClassifier(5), points, y, cv=5).mean()
-        fig, ax = plt.subplots(figsize=(5, 4.5))
+        fig, ax = pyplot().subplots(figsize=(5, 4.5))
         sc = ax.scatter(points[:, 0], points[:, 1], c=y, cmap="tab10", s=6)
         ax.legend(*sc.legend_elements(), fontsize=6, loc="best", title="label")
         ax.set(
             title=f"{method.upper()} of {features.shape[1]}-d features: 5-NN accuracy {knn:.2f}", xticks=[], yticks=[]
         )
-        fig.tight_layout()
         result[method] = _write(out_dir, f"embedding_{method}", {"knn_accuracy": float(knn)}, fig)
     return _write(out_dir, "embeddings", result)
 

@@ -16,6 +16,7 @@ CARTPOLE_CONFIG = REPO / "configs" / "cartpole_dqn.yaml"
 # A few seconds of CartPole DQN on one CPU core; every subprocess run of the suite starts from these.
 TINY = [
     "device=cpu",
+    "torch_threads=1",  # several runs share 2 cores: one thread each, or they slow each other down 10x
     "train.total_steps=3000",
     "agent.learning_starts=500",
     "agent.train_freq=4",

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import REPO
 
-from agents.actor_critic import A2C
-from envs import make_vector_env
+from rl_lab.agents.actor_critic import A2C
 from rl_lab.cli import main
-from rl_lab.config import config_from_dict, load_config
-from rl_lab.onpolicy import OnPolicyTrainer
+from rl_lab.envs import make_vector_env
+from rl_lab.loader import config_from_dict, load_config
+from rl_lab.rl.onpolicy import OnPolicyTrainer
 
 SOLVED = 475.0
 QUIET = ["logger.wandb.mode=disabled", "logger.progress=false", "device=cpu"]

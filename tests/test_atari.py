@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import REPO, rl_lab_command, run_rl_lab, user_error_line
 
-from envs import make_vector_env
-from envs.atari import LearningSignals, human_normalized, learning_signals
+from rl_lab.envs import make_vector_env
+from rl_lab.envs.atari import LearningSignals, human_normalized, learning_signals
 
 PONG = REPO / "configs" / "pong_dqn.yaml"
 # A few hundred steps of Breakout (sticky actions, lives, FIRE) with a tiny CNN: every piece of the Atari path.

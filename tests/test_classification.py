@@ -13,12 +13,11 @@ import pytest
 import torch
 from conftest import REPO, run_many, run_rl_lab, user_error_line
 
-from rl_lab.config import load_config
+from rl_lab.distributed import NullLogger
 from rl_lab.errors import UserError
+from rl_lab.loader import build_trainer, load_config
 from rl_lab.tasks.augment import AugmentConfig, augment, random_crop
 from rl_lab.tasks.classification import Classifier, encoder_spec
-from rl_lab.tasks.distributed import NullLogger
-from rl_lab.tasks.runner import build_task
 
 MNIST_CNN = REPO / "configs" / "mnist_cnn.yaml"
 QUIET = ["device=cpu", "torch_threads=1", "logger.wandb.mode=disabled", "logger.progress=false"]
@@ -99,7 +98,7 @@ ERROR_CASES = {
     "rl_key_in_task": (["train.total_steps=10"], ["train.total_steps", "unknown key"]),
     "wrong_type": (["train.epochs=abc"], ["train.epochs='abc'", "expected int"]),
     "invalid_value": (["task.optim.lr=-1"], ["task.optim.lr=-1", "must be > 0"]),
-    "invalid_choice": (["task.schedule.name=linear"], ["task.schedule.name='linear'", "cosine"]),
+    "invalid_choice": (["task.optim.schedule=cosin"], ["task.optim.schedule='cosin'", "cosine"]),
     "nesterov_with_adam": (["task.optim.nesterov=true"], ["task.optim.nesterov", "sgd"]),
     "unknown_task": (["task.name=clasification"], ["task.name='clasification'", "classification"]),
     "agent_and_task": (["agent.name=dqn"], ["both agent: and task:"]),
@@ -123,7 +122,7 @@ def _error_case(case: str, d: Path) -> tuple[list[str], list[str]]:
 def test_bad_task_config_or_data_is_a_user_error(case, tmp_path):
     overrides, expected = _error_case(case, tmp_path)
     with pytest.raises(UserError) as err:
-        build_task(load_config(MNIST_CNN, [*QUIET, *overrides]))
+        build_trainer(load_config(MNIST_CNN, [*QUIET, *overrides]))
     assert "\n" not in str(err.value)
     for text in expected:
         assert text in str(err.value)
@@ -150,11 +149,11 @@ class Recorder(NullLogger):
 
 
 def _train(overrides: list[str], epochs: int) -> tuple:
-    trainer = build_task(load_config(MNIST_CNN, [*DIGITS, *overrides]))
+    trainer = build_trainer(load_config(MNIST_CNN, [*DIGITS, *overrides]))
     logger = Recorder()
     for _ in range(epochs):
         trainer.train_epoch(logger)
-        trainer.end_epoch(logger)
+        trainer.end_epoch(trainer.validate(), logger)
     return trainer, logger.rows
 
 
@@ -176,21 +175,22 @@ def test_data_loader_workers_give_the_same_run():
 )
 def test_every_optimiser_learns_digits(optim):
     trainer, _ = _train([f"task.optim={optim}", "train.epochs=2"], 2)
-    assert trainer.state.best_val_acc > 0.75, (optim, trainer.state)
+    assert trainer.state.best_val["acc"] > 0.75, (optim, trainer.state)
 
 
 @pytest.mark.parametrize(
     ("schedule", "expected"),
     [
-        ("{name: step, step_size: 2, gamma: 0.5}", [1.0, 1.0, 0.5, 0.5, 0.25]),
-        ("{name: exponential, gamma: 0.5}", [1.0, 0.5, 0.25, 0.125, 0.0625]),
-        ("{name: cosine}", [1.0, 0.9045, 0.6545, 0.3455, 0.0955]),
-        ("{name: constant}", [1.0] * 5),
+        ("{schedule: step, step_size: 2, decay: 0.5}", [1.0, 1.0, 0.5, 0.5, 0.25]),
+        ("{schedule: exponential, decay: 0.5}", [1.0, 0.5, 0.25, 0.125, 0.0625]),
+        ("{schedule: cosine}", [1.0, 0.9045, 0.6545, 0.3455, 0.0955]),
+        ("{schedule: linear, lr_end: 0.0}", [1.0, 0.8, 0.6, 0.4, 0.2]),
+        ("{schedule: constant}", [1.0] * 5),
     ],
 )
 def test_schedules_step_once_per_epoch(schedule, expected):
-    config = load_config(MNIST_CNN, [*DIGITS, f"task.schedule={schedule}", "task.optim.lr=1.0", "train.epochs=5"])
-    trainer = build_task(config)
+    config = load_config(MNIST_CNN, [*DIGITS, f"task.optim={schedule}", "task.optim.lr=1.0", "train.epochs=5"])
+    trainer = build_trainer(config)
     lrs = []
     for _ in range(5):
         lrs.append(trainer.optimizer.param_groups[0]["lr"])
@@ -200,8 +200,8 @@ def test_schedules_step_once_per_epoch(schedule, expected):
 
 
 def test_plateau_schedule_decays_when_val_loss_stalls():
-    config = load_config(MNIST_CNN, [*DIGITS, "task.schedule={name: plateau, gamma: 0.1, patience: 1}"])
-    trainer = build_task(config)
+    config = load_config(MNIST_CNN, [*DIGITS, "task.optim={schedule: plateau, decay: 0.1, patience: 1}"])
+    trainer = build_trainer(config)
     for loss in (1.0, 0.5, 0.6, 0.6):
         trainer.schedule.step(loss)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.task.optim.lr * 0.1)

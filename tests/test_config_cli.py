@@ -14,8 +14,9 @@ import pytest
 import yaml
 from conftest import CARTPOLE_CONFIG, run_many, run_rl_lab, tree_bytes, user_error_line
 
-from agents.dqn import DQNConfig
-from rl_lab.config import Config, load_config, to_yaml
+from rl_lab.agents.dqn import DQNConfig
+from rl_lab.config import Config, to_yaml
+from rl_lab.loader import load_config
 
 CFG = str(CARTPOLE_CONFIG)
 
@@ -24,7 +25,12 @@ CFG = str(CARTPOLE_CONFIG)
 # run.dir={d}/run, and that directory must not exist afterwards.
 ERROR_CASES = [
     ("unknown_top_level_key", ["train", "{cfg}", "sed=3"], ["{cfg}", "sed", "unknown key", "did you mean seed?"]),
-    ("unknown_nested_key", ["train", "{cfg}", "agent.lrr=0.1"], ["{cfg}", "agent.lrr", "did you mean agent.lr?"]),
+    (
+        "unknown_nested_key",
+        ["train", "{cfg}", "agent.optim.lrr=0.1"],
+        ["{cfg}", "agent.optim.lrr", "did you mean agent.optim.lr?"],
+    ),
+    ("moved_optimiser_key", ["train", "{cfg}", "agent.lr=0.1"], ["{cfg}", "agent.lr", "it is now agent.optim.lr"]),
     (
         "unknown_deeply_nested_key",
         ["train", "{cfg}", "logger.wandb.mdoe=offline"],
@@ -35,11 +41,11 @@ ERROR_CASES = [
         ["train", "{d}/typo.yaml"],
         ["{d}/typo.yaml", "agent.gama", "did you mean agent.gamma?"],
     ),
-    ("wrong_type_float", ["train", "{cfg}", "agent.lr=abc"], ["{cfg}", "agent.lr='abc'", "expected float"]),
+    ("wrong_type_float", ["train", "{cfg}", "agent.optim.lr=abc"], ["{cfg}", "agent.optim.lr='abc'", "expected float"]),
     ("wrong_type_int", ["train", "{cfg}", "agent.batch_size=1.5"], ["{cfg}", "agent.batch_size=1.5", "expected int"]),
     ("wrong_type_bool", ["train", "{cfg}", "agent.double_dqn=maybe"], ["agent.double_dqn='maybe'", "expected bool"]),
     ("wrong_type_in_yaml_file", ["train", "{d}/wrongtype.yaml"], ["{d}/wrongtype.yaml", "seed='three'", "int"]),
-    ("negative_lr", ["train", "{cfg}", "agent.lr=-0.001"], ["{cfg}", "agent.lr=-0.001", "must be > 0"]),
+    ("negative_lr", ["train", "{cfg}", "agent.optim.lr=-0.001"], ["{cfg}", "agent.optim.lr=-0.001", "must be > 0"]),
     ("gamma_above_one", ["train", "{cfg}", "agent.gamma=1.5"], ["{cfg}", "agent.gamma=1.5", "[0, 1]"]),
     (
         "buffer_smaller_than_batch",
@@ -56,11 +62,19 @@ ERROR_CASES = [
     ("unknown_agent", ["train", "{cfg}", "agent.name=dqm"], ["{cfg}", "agent.name='dqm'", "dqn"]),
     # only found when the network is built: still before the run directory exists
     ("bad_encoder_kwarg", ["train", "{cfg}", "agent.encoder.kwargs.hidden_sizes=abc"], ["hidden_sizes", "'abc'"]),
-    ("override_without_equals", ["train", "{cfg}", "agent.lr"], ["{cfg}", "'agent.lr'", "dotted.key=value"]),
+    (
+        "override_without_equals",
+        ["train", "{cfg}", "agent.optim.lr"],
+        ["{cfg}", "'agent.optim.lr'", "dotted.key=value"],
+    ),
     ("override_into_a_value", ["train", "{cfg}", "seed.value=1"], ["{cfg}", "'seed'", "not a section"]),
     ("missing_config_file", ["train", "{d}/nope.yaml"], ["{d}/nope.yaml", "not found"]),
     ("invalid_yaml", ["train", "{d}/bad.yaml"], ["{d}/bad.yaml", "not valid YAML", "line 3"]),
-    ("config_command_bad_override", ["config", "{cfg}", "agent.lrr=1"], ["{cfg}", "did you mean agent.lr?"]),
+    (
+        "config_command_bad_override",
+        ["config", "{cfg}", "agent.optim.lrr=1"],
+        ["{cfg}", "did you mean agent.optim.lr?"],
+    ),
     ("eval_missing_run_dir", ["eval", "{d}/missing"], ["{d}/missing", "does not exist"]),
     ("eval_zero_episodes", ["eval", "{d}", "--episodes", "0"], ["--episodes 0", ">= 1"]),
     ("resume_not_a_run_dir", ["train", "--resume", "{d}"], ["{d}", "not a run directory"]),
@@ -130,14 +144,14 @@ def test_run_dir_that_is_a_file_is_a_user_error(tmp_path):
 MINIMAL_YAML = """\
 agent:
   name: dqn
-  lr: 1e-3
+  optim: {lr: 1e-3}
   exploration_final: 2e-2
 logger:
   wandb:
     mode: disabled
 """
 
-CONFIG_OVERRIDES = ["seed=7", "agent.adam_eps=1e-6", "env.num_envs=2", "agent.encoder.kwargs.hidden_sizes=[16,8]"]
+CONFIG_OVERRIDES = ["seed=7", "agent.optim.eps=1e-6", "env.num_envs=2", "agent.encoder.kwargs.hidden_sizes=[16,8]"]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +166,8 @@ def printed_config(tmp_path_factory) -> tuple[dict, str, Path]:
 def test_config_command_prints_fully_resolved_yaml(printed_config):
     printed, _, d = printed_config
     expected = Config(agent=DQNConfig()).to_dict()  # every default of every section
-    expected["agent"].update(lr=0.001, exploration_final=0.02, adam_eps=1e-6)
+    expected["agent"].update(exploration_final=0.02)
+    expected["agent"]["optim"].update(lr=0.001, eps=1e-6)  # the rest of the optim section keeps DQN's defaults
     expected["agent"]["encoder"]["kwargs"] = {"hidden_sizes": [16, 8]}
     expected["logger"]["wandb"]["mode"] = "disabled"
     expected.update(seed=7)
@@ -164,12 +179,16 @@ def test_config_command_prints_fully_resolved_yaml(printed_config):
 
 def test_exponent_without_dot_is_a_float_in_yaml_and_overrides(printed_config):
     printed, _, _ = printed_config
-    for key, value in [("lr", 1e-3), ("exploration_final", 2e-2), ("adam_eps", 1e-6)]:  # YAML, YAML, override
-        assert isinstance(printed["agent"][key], float), (key, printed["agent"][key])
-        assert printed["agent"][key] == value
-    config = load_config(CARTPOLE_CONFIG, ["agent.lr=5e-4", "agent.lr_end=1e-5"])
-    assert isinstance(config.agent.lr, float) and config.agent.lr == 5e-4
-    assert isinstance(config.agent.lr_end, float) and config.agent.lr_end == 1e-5
+    agent = printed["agent"]
+    for value, expected in [
+        (agent["optim"]["lr"], 1e-3),
+        (agent["exploration_final"], 2e-2),
+        (agent["optim"]["eps"], 1e-6),
+    ]:
+        assert isinstance(value, float) and value == expected  # YAML, YAML, override
+    config = load_config(CARTPOLE_CONFIG, ["agent.optim.lr=5e-4", "agent.optim.lr_end=1e-5"])
+    assert isinstance(config.agent.optim.lr, float) and config.agent.optim.lr == 5e-4
+    assert isinstance(config.agent.optim.lr_end, float) and config.agent.optim.lr_end == 1e-5
 
 
 def test_printed_config_loads_back_to_itself(printed_config, tmp_path):

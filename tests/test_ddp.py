@@ -13,7 +13,7 @@ import torch
 from conftest import REPO
 
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint
-from rl_lab.run import train_new
+from rl_lab.runs import train_new
 
 MNIST_CNN = REPO / "configs" / "mnist_cnn.yaml"
 SETTINGS = [

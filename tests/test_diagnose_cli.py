@@ -9,9 +9,9 @@ import matplotlib.image
 import pytest
 from conftest import CARTPOLE_CONFIG, REPO, TINY, run_rl_lab
 
-from rl_lab.diagnose import diagnose
+from rl_lab.commands.diagnose import diagnose
 from rl_lab.errors import UserError
-from rl_lab.run import train_new
+from rl_lab.runs import train_new
 
 MNIST_CNN = REPO / "configs" / "mnist_cnn.yaml"
 LENET_DIGITS = [

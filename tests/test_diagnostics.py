@@ -14,8 +14,8 @@ from sklearn.datasets import load_digits
 from test_vision_backbone import one_thread  # noqa: F401 - autouse fixture: one torch thread
 from torch import nn
 
-from agents.dqn import QNetwork
 from rl_lab import diagnostics as D
+from rl_lab.agents.dqn import QNetwork
 from rl_lab.backbone import EncoderSpec, LinearHead, build_encoder
 from rl_lab.errors import UserError
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dqn import DQN, DQNConfig
-from rl_lab.config import EncoderConfig
+from rl_lab.agents.dqn import DQN, DQNConfig
+from rl_lab.config import EncoderConfig, OptimConfig
 from rl_lab.errors import UserError
-from rl_lab.replay import Batch, ReplayBuffer
+from rl_lab.replay.uniform import Batch, ReplayBuffer
 
 ENV = gym.make("CartPole-v1")  # observation Box(4,), actions Discrete(2)
 GAMMA = 0.9
@@ -124,7 +124,12 @@ def test_one_phase_of_g_steps_equals_g_single_step_phases(double_dqn):
     np.testing.assert_array_equal(idx_all, idx_steps)  # so both agents see the same batches in the same order
     assert len({tuple(row) for row in idx_all.tolist()}) == g
 
-    common = {"hidden_sizes": [16], "batch_size": b, "lr": 1e-2, "double_dqn": double_dqn, "max_grad_norm": 1.0}
+    common = {
+        "hidden_sizes": [16],
+        "batch_size": b,
+        "double_dqn": double_dqn,
+        "optim": OptimConfig(lr=1e-2, grad_clip=1.0),
+    }
     torch.manual_seed(0)
     fast = make_agent(gradient_steps=g, **common)
     with torch.no_grad():  # a target net unlike the online net, so using the wrong one would show
@@ -224,7 +229,7 @@ def test_continuous_actions_are_a_user_error():
 
 
 def test_lr_end_anneals_the_learning_rate():
-    agent = make_agent(lr=1e-2, lr_end=0.0, total_steps=1000)
+    agent = make_agent(optim=OptimConfig(lr=1e-2, schedule="linear", lr_end=0.0), total_steps=1000)
     buffer = random_buffer(64, seed=3)
     agent.train(buffer, step=500, steps_taken=1, rng=np.random.default_rng(0))
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3, rel=0.05)
@@ -252,7 +257,7 @@ def test_nstep_target_uses_the_batch_discount(double_dqn):
 
 
 def test_prioritized_training_weights_the_loss_and_sets_priorities_to_the_td_errors():
-    from rl_lab.prioritized import Prioritized
+    from rl_lab.replay.prioritized import Prioritized
 
     agent = hand_set_agent(loss="mse", batch_size=8, prioritized=True, per_alpha=1.0, per_beta=0.5)
     buffer = Prioritized(ReplayBuffer(8, (4,), np.float32), alpha=1.0, eps=1e-6)

@@ -10,10 +10,9 @@ import pytest
 import torch
 from conftest import REPO, run_rl_lab
 
-from rl_lab.backbone.transfer import export_encoder
-from rl_lab.ensembles import accuracy, average_weights, compare, load_members, probabilities
+from rl_lab.commands.ensemble import accuracy, average_weights, compare, load_members, probabilities
 from rl_lab.errors import UserError
-from rl_lab.run import train_new
+from rl_lab.runs import export_encoder, train_new
 
 MNIST_CNN = REPO / "configs" / "mnist_cnn.yaml"
 DIGITS = [

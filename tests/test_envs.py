@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from envs import check_env_id, make_env, make_vector_env, restore_vector_env, snapshot_vector_env
+from rl_lab.envs import check_env_id, make_env, make_vector_env, restore_vector_env, snapshot_vector_env
 from rl_lab.errors import UserError
 
 

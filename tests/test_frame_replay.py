@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rl_lab.errors import UserError
-from rl_lab.frame_replay import FrameReplay
-from rl_lab.replay import ReplayBuffer
+from rl_lab.replay.frames import FrameReplay
+from rl_lab.replay.uniform import ReplayBuffer
 
 K, H, W = 4, 5, 6  # stack and (small) frame size
 GAMMA = 0.9

@@ -8,9 +8,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401 - registers Glimpse-v0
+import rl_lab.envs  # noqa: F401 - registers rl_lab/Glimpse-v0
 from rl_lab.errors import UserError
-from rl_lab.glimpse import glimpse
+from rl_lab.ram.sensor import glimpse
 
 
 def reference_glimpse(image: np.ndarray, loc: tuple[float, float], size: int, scales: int, scale: int) -> np.ndarray:
@@ -75,12 +75,12 @@ def test_sensor_is_batched_per_image():
 
 @pytest.mark.parametrize("actions", ["discrete", "continuous"])
 def test_env_passes_gymnasium_check(actions):
-    env = gym.make("Glimpse-v0", actions=actions, glimpses=3).unwrapped
+    env = gym.make("rl_lab/Glimpse-v0", actions=actions, glimpses=3).unwrapped
     check_env(env, skip_render_check=True)
 
 
 def test_env_episode_discrete():
-    env = gym.make("Glimpse-v0", glimpses=3, grid=3).unwrapped
+    env = gym.make("rl_lab/Glimpse-v0", glimpses=3, grid=3).unwrapped
     obs, info = env.reset(seed=1)
     assert env.observation_space.contains(obs)
     assert obs[-1] == pytest.approx(2 / 3) and (obs[-3:-1] == 0).all()  # budget left, centre location
@@ -102,7 +102,7 @@ def test_env_episode_discrete():
 
 
 def test_env_episode_continuous_is_fixed_length_and_deterministic():
-    env = gym.make("Glimpse-v0", glimpses=4, actions="continuous").unwrapped
+    env = gym.make("rl_lab/Glimpse-v0", glimpses=4, actions="continuous").unwrapped
     first, info = env.reset(seed=3)
     again, _ = env.reset(seed=3)
     np.testing.assert_array_equal(first, again)
@@ -117,7 +117,7 @@ def test_env_episode_continuous_is_fixed_length_and_deterministic():
 
 def test_env_uses_the_ram_sensor():
     """The observation's pixels are the sensor's glimpse of the episode's image at the current location."""
-    env = gym.make("Glimpse-v0", glimpses=3, glimpse_size=6, scales=2, actions="continuous").unwrapped
+    env = gym.make("rl_lab/Glimpse-v0", glimpses=3, glimpse_size=6, scales=2, actions="continuous").unwrapped
     env.reset(seed=0)
     obs, *_ = env.step(np.array([0.4, -0.2] + [0.0] * 10, dtype=np.float32))
     image = env.images[env.index : env.index + 1]
@@ -127,8 +127,8 @@ def test_env_uses_the_ram_sensor():
 
 def test_env_bad_kwargs_are_user_errors():
     with pytest.raises(UserError, match="glimpses"):
-        gym.make("Glimpse-v0", glimpses=0)
+        gym.make("rl_lab/Glimpse-v0", glimpses=0)
     with pytest.raises(UserError, match="actions"):
-        gym.make("Glimpse-v0", actions="both")
+        gym.make("rl_lab/Glimpse-v0", actions="both")
     with pytest.raises(UserError, match="dataset"):
-        gym.make("Glimpse-v0", dataset="nope")
+        gym.make("rl_lab/Glimpse-v0", dataset="nope")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dqn import DQN, DQNConfig
-from envs import make_vector_env
-from rl_lab.replay import ReplayBuffer
+from rl_lab.agents.dqn import DQN, DQNConfig
+from rl_lab.envs import make_vector_env
+from rl_lab.replay.uniform import ReplayBuffer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -7,7 +7,7 @@ import torch
 from test_vision_backbone import one_thread  # noqa: F401 - autouse fixture: one torch thread
 from torch import nn
 
-from agents.dqn import QNetwork
+from rl_lab.agents.dqn import QNetwork
 from rl_lab.backbone import EncoderSpec, build_encoder
 from rl_lab.backbone.vision import BasicBlock, norm_layer
 from rl_lab.gradcheck import check_gradients, check_module, relative_error

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import make_env
-from envs.gridworld import MAPS, OBS_MODES, GridMap, GridWorldEnv
+from rl_lab.envs import make_env
+from rl_lab.envs.gridworld import MAPS, OBS_MODES, GridMap, GridWorldEnv
 from rl_lab.errors import UserError
 
 UP, RIGHT, DOWN, LEFT = range(4)
@@ -19,7 +19,7 @@ UP, RIGHT, DOWN, LEFT = range(4)
 @pytest.mark.parametrize("name", sorted(MAPS))
 @pytest.mark.parametrize("obs", OBS_MODES)
 def test_every_map_and_observation_passes_gymnasiums_checker(name, obs):
-    env = gym.make("GridWorld-v0", map=name, obs=obs, slip=0.2, render_mode="rgb_array").unwrapped
+    env = gym.make("rl_lab/GridWorld-v0", map=name, obs=obs, slip=0.2, render_mode="rgb_array").unwrapped
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # gymnasium's checker reports most problems as warnings
         check_env(env, skip_render_check=False)
@@ -57,7 +57,7 @@ def test_slip_moves_sideways_in_P():
 
 
 def test_sampled_transitions_follow_P_with_slip():
-    env = make_env("GridWorld-v0", map="rooms", slip=0.3)
+    env = make_env("rl_lab/GridWorld-v0", map="rooms", slip=0.3)
     env.reset(seed=0)
     core = env.unwrapped
     n = 4000
@@ -74,7 +74,7 @@ def test_sampled_transitions_follow_P_with_slip():
 
 
 def test_episode_ends_on_terminal_and_is_truncated_by_the_time_limit():
-    env = gym.make("GridWorld-v0", map="4x4")
+    env = gym.make("rl_lab/GridWorld-v0", map="4x4")
     env.reset(seed=0)
     env.unwrapped.state = 1  # next to the top-left terminal
     _, reward, terminated, truncated, _ = env.step(LEFT)
@@ -100,23 +100,26 @@ def test_same_seed_same_trajectory_and_snapshot_restores_slippery_episode():
         return [env.step(a)[:3] for a in actions]
 
     actions = np.random.default_rng(1).integers(4, size=30)
-    a, b = make_env("GridWorld-v0", map="rooms", slip=0.5), make_env("GridWorld-v0", map="rooms", slip=0.5)
+    a, b = (
+        make_env("rl_lab/GridWorld-v0", map="rooms", slip=0.5),
+        make_env("rl_lab/GridWorld-v0", map="rooms", slip=0.5),
+    )
     a.reset(seed=3)
     b.reset(seed=3)
     assert roll(a, actions[:10]) == roll(b, actions[:10])
     snapshot = a.snapshot()
-    restored = make_env("GridWorld-v0", map="rooms", slip=0.5)
+    restored = make_env("rl_lab/GridWorld-v0", map="rooms", slip=0.5)
     restored.reset(seed=99)
     assert restored.restore(snapshot) == a.unwrapped.observation(a.unwrapped.state)
     assert roll(restored, actions[10:]) == roll(a, actions[10:])
 
 
 def test_render_text_and_image_show_the_agent():
-    env = gym.make("GridWorld-v0", map="maze", render_mode="ansi")
+    env = gym.make("rl_lab/GridWorld-v0", map="maze", render_mode="ansi")
     env.reset(seed=0)
     text = env.render()
     assert text.splitlines()[0][0] == "A" and "#" in text and "T" in text  # the maze starts at its top-left S
-    env = gym.make("GridWorld-v0", map="maze", render_mode="rgb_array")
+    env = gym.make("rl_lab/GridWorld-v0", map="maze", render_mode="rgb_array")
     env.reset(seed=0)
     env.step(DOWN)
     image = env.render()
@@ -129,7 +132,7 @@ def test_render_text_and_image_show_the_agent():
 def test_map_from_a_text_file(tmp_path):
     path = tmp_path / "corridor.txt"
     path.write_text("S...T\n")
-    env = make_env("GridWorld-v0", map=str(path))
+    env = make_env("rl_lab/GridWorld-v0", map=str(path))
     assert env.unwrapped.grid.name == "corridor" and env.unwrapped.n_states == 5
 
 
@@ -147,5 +150,5 @@ def test_map_from_a_text_file(tmp_path):
 )
 def test_bad_env_kwargs_are_user_errors(kwargs, words):
     with pytest.raises(UserError) as err:
-        make_env("GridWorld-v0", **kwargs)
+        make_env("rl_lab/GridWorld-v0", **kwargs)
     assert all(w in str(err.value) for w in words), str(err.value)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from envs import make_env
-from envs.gridworld import MAPS, MOVES, GridWorldEnv
 from rl_lab.cli import main
+from rl_lab.envs import make_env
+from rl_lab.envs.gridworld import MAPS, MOVES, GridWorldEnv
 from rl_lab.errors import UserError
-from rl_lab.planning import (
+from rl_lab.rl.planning import (
     bellman_residual,
     greedy_policy,
     policy_evaluation,
@@ -89,7 +89,7 @@ def test_optimal_policy_value_matches_v_star_and_monte_carlo_returns():
     policy = greedy_policy(q_value_iteration(*model(env), gamma))
     np.testing.assert_allclose(policy_evaluation(*model(env), gamma, policy), V, atol=1e-6)
     # sample the env itself: the discounted return from the start cell averages to V*(start)
-    sim = make_env("GridWorld-v0", map="rooms", slip=0.2)
+    sim = make_env("rl_lab/GridWorld-v0", map="rooms", slip=0.2)
     sim.reset(seed=0)
     start = int(np.flatnonzero(env.grid.start)[0])
     returns = []
@@ -129,7 +129,10 @@ def test_solve_command_prints_and_writes_the_solution(tmp_path, capsys):
 
 
 def test_solve_command_takes_env_id_options_and_a_map_file(tmp_path, capsys):
-    assert main(["solve", "GridWorld-v0", "--gamma", "0.5", "--step-reward", "-2", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["solve", "rl_lab/GridWorld-v0", "--gamma", "0.5", "--step-reward", "-2", "--out", str(tmp_path / "a")])
+        == 0
+    )
     solution = json.loads((tmp_path / "a" / "solution.json").read_text())
     assert solution["V"][1] == -2.0 and solution["V"][2] == -3.0  # -2, then -2 - 0.5 * 2
     (tmp_path / "line.txt").write_text("S..T\n")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rl_lab.prioritized import Prioritized, SumTree
-from rl_lab.replay import ReplayBuffer
+from rl_lab.replay.prioritized import Prioritized, SumTree
+from rl_lab.replay.uniform import ReplayBuffer
 
 
 def test_sum_tree_sums_and_lookups_match_brute_force_with_duplicate_updates():

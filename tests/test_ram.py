@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, run_rl_lab, user_error_line
 
-from agents.ram import RAM, RAMConfig, predict, ram_losses
+from rl_lab.agents.ram import RAM, RAMConfig, predict, ram_losses
 
 
 def tiny_ram(**overrides) -> tuple[RAM, torch.Tensor, torch.Tensor]:
@@ -220,8 +220,7 @@ def test_pretrained_encoder_plugs_into_the_glimpse_network(tmp_path):
     """A LeNet saved for 28x28 digits (as the classification task exports one) becomes RAM's glimpse encoder:
     its weights load, stay frozen, and 8x8 glimpses at 2 scales are resized and channel-averaged to fit it."""
     from rl_lab.backbone import EncoderSpec, build_encoder, save_encoder
-    from rl_lab.config import config_from_dict
-    from rl_lab.tasks.runner import build_task
+    from rl_lab.loader import build_trainer, config_from_dict
 
     torch.manual_seed(3)
     saved = build_encoder(EncoderSpec("lenet", (1, 28, 28), {"channels": [4, 8], "hidden_sizes": [32]}))
@@ -243,7 +242,7 @@ def test_pretrained_encoder_plugs_into_the_glimpse_network(tmp_path):
             "data": {"name": "digits"},
         }
     )
-    trainer = build_task(config)
+    trainer = build_trainer(config)
     what = trainer.model.ram.what
     assert what.spec.input_shape == (1, 28, 28)
     for name, tensor in saved.state_dict().items():

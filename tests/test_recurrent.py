@@ -10,14 +10,15 @@ import pytest
 import torch
 from conftest import REPO
 
-from agents.actor_critic import A2C
-from envs import make_env, make_vector_env
+from rl_lab.agents.actor_critic import A2C
 from rl_lab.backbone import EncoderSpec, build_encoder, load_encoder, save_encoder
 from rl_lab.cli import main
-from rl_lab.config import EncoderConfig, config_from_dict
+from rl_lab.config import EncoderConfig
+from rl_lab.envs import make_env, make_vector_env
 from rl_lab.errors import UserError
-from rl_lab.onpolicy import OnPolicyTrainer
-from rl_lab.policy import GreedyPolicy, PolicyNetwork
+from rl_lab.loader import config_from_dict
+from rl_lab.rl.onpolicy import OnPolicyTrainer
+from rl_lab.rl.policy import GreedyPolicy, PolicyNetwork
 
 CELLS = ["lstm", "gru"]
 RECURRENT_REACHES = 200.0  # 20-episode greedy mean after the config's 100k steps
@@ -65,12 +66,12 @@ def test_step_by_step_equals_one_pass_over_the_sequence(cell):
 def test_rollouts_carry_state_and_mark_episode_starts():
     config = config_from_dict(
         {
-            "env": {"id": "CartPoleNoVelocity-v1", "num_envs": 3},
+            "env": {"id": "rl_lab/CartPoleNoVelocity-v1", "num_envs": 3},
             "agent": {"name": "a2c", "n_steps": 30, "encoder": {"name": "lstm", "kwargs": SMALL}},
         }
     )
     torch.manual_seed(0)
-    envs = make_vector_env("CartPoleNoVelocity-v1", 3)
+    envs = make_vector_env("rl_lab/CartPoleNoVelocity-v1", 3)
     agent = A2C(config.agent, envs.single_observation_space, envs.single_action_space, torch.device("cpu"), 1000)
     trainer = OnPolicyTrainer(config, agent, envs, np.random.default_rng(0))
     first = trainer.collect()
@@ -131,7 +132,7 @@ def test_bad_recurrent_specs_are_user_errors(kwargs, message):
 
 
 def test_velocity_hidden_cartpole_shows_positions_only():
-    full, hidden = make_env("CartPole-v1"), make_env("CartPoleNoVelocity-v1")
+    full, hidden = make_env("CartPole-v1"), make_env("rl_lab/CartPoleNoVelocity-v1")
     obs_full, _ = full.reset(seed=3)
     obs_hidden, _ = hidden.reset(seed=3)
     np.testing.assert_array_equal(obs_hidden, obs_full[[0, 2]])

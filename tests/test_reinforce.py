@@ -14,12 +14,13 @@ import torch
 from conftest import REPO, run_rl_lab
 from scipy import stats
 
-from agents.reinforce import REINFORCE, REINFORCEConfig, reinforce_weights
-from envs import make_vector_env
+from rl_lab.agents.reinforce import REINFORCE, REINFORCEConfig, reinforce_weights
 from rl_lab.cli import main
-from rl_lab.config import EncoderConfig, config_from_dict
-from rl_lab.onpolicy import OnPolicyTrainer, Rollout
-from rl_lab.policy import Categorical, DiagGaussian
+from rl_lab.config import EncoderConfig, OptimConfig
+from rl_lab.envs import make_vector_env
+from rl_lab.loader import config_from_dict
+from rl_lab.rl.onpolicy import OnPolicyTrainer, Rollout
+from rl_lab.rl.policy import Categorical, DiagGaussian
 
 SOLVED = 475.0
 REINFORCE_CONFIG = REPO / "configs" / "cartpole_reinforce.yaml"
@@ -142,7 +143,9 @@ def test_every_env_plays_its_quota_of_whole_episodes():
 def test_update_makes_the_better_action_more_likely():
     """One state, two actions: after one update without a baseline, the action with the higher return gains."""
     space = gym.spaces.Box(-1, 1, (2,))
-    cfg = REINFORCEConfig(encoder=EncoderConfig("mlp", {"hidden_sizes": []}), baseline="none", lr=0.1, gamma=1.0)
+    cfg = REINFORCEConfig(
+        encoder=EncoderConfig("mlp", {"hidden_sizes": []}), baseline="none", optim=OptimConfig(lr=0.1), gamma=1.0
+    )
     agent = REINFORCE(cfg, space, gym.spaces.Discrete(2), torch.device("cpu"), 10)
     obs = torch.tensor([[[1.0, 0.5]], [[1.0, 0.5]]])  # two one-step episodes from the same state
     rollout = replace(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl_lab.errors import UserError
-from rl_lab.replay import ReplayBuffer
+from rl_lab.replay.uniform import ReplayBuffer
 
 OBS_SHAPE = (3,)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_lab.returns import discounted_returns, episode_returns, gae
+from rl_lab.rl.returns import discounted_returns, episode_returns, gae
 
 T, N = 40, 6
 

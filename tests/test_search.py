@@ -14,9 +14,9 @@ from test_vision_backbone import one_thread  # noqa: F401 - autouse fixture: one
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from rl_lab.cli import main
-from rl_lab.config import load_config
+from rl_lab.commands.search import as_overrides, load_sweep, metric_value, sample, search
 from rl_lab.errors import UserError
-from rl_lab.search import as_overrides, load_sweep, metric_value, sample, search
+from rl_lab.loader import load_config
 
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 # TINY, shorter still: a trial is about 2 s of CPU
@@ -96,10 +96,10 @@ def test_every_sweep_file_samples_valid_configs(path: Path, monkeypatch) -> None
     [
         ({"method": "grid"}, "method must be random"),
         ({"metric": {"name": "x"}}, "metric must be"),
-        ({"parameters": {"agent.lr": {"distribution": "log_uniform", "min": -9, "max": -2}}}, "not a supported"),
-        ({"parameters": {"agent.lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}}, "min > 0"),
-        ({"parameters": {"agent.lr": {"values": []}}}, "not a supported"),
-        ({"parameters": {"agent.lrr": {"value": 1e-3}}}, "agent.lrr"),  # not a config key
+        ({"parameters": {"agent.optim.lr": {"distribution": "log_uniform", "min": -9, "max": -2}}}, "not a supported"),
+        ({"parameters": {"agent.optim.lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}}, "min > 0"),
+        ({"parameters": {"agent.optim.lr": {"values": []}}}, "not a supported"),
+        ({"parameters": {"agent.optim.lrr": {"value": 1e-3}}}, "agent.optim.lrr"),  # not a config key
         ({"parameters": {"agent.gamma": {"value": 2.0}}}, "gamma"),  # not a valid value
         ({"command": ["rl-lab", "train", str(CARTPOLE_CONFIG)]}, "command must be"),
         ({"early_terminate": {"type": "hyperband"}}, "unknown key"),
@@ -107,7 +107,7 @@ def test_every_sweep_file_samples_valid_configs(path: Path, monkeypatch) -> None
     ],
 )
 def test_bad_sweeps_are_user_errors_before_anything_is_written(tmp_path, change, message) -> None:
-    path = _sweep_file(tmp_path, {"agent.lr": {"value": 1e-3}}, **change)
+    path = _sweep_file(tmp_path, {"agent.optim.lr": {"value": 1e-3}}, **change)
     with pytest.raises(UserError, match=message):
         search(path, 2, tmp_path / "out", overrides=QUICK)
     assert not (tmp_path / "out").exists()
@@ -139,19 +139,19 @@ def test_rl_lab_search_runs_trials_and_ranks_them(tmp_path, monkeypatch, capsys)
         summary = json.loads((Path(trial["run_dir"]) / "summary.json").read_text())
         assert trial["metric"] == summary["final_eval"]["return_mean"]
         config = yaml.safe_load((Path(trial["run_dir"]) / "config.yaml").read_text())
-        assert config["agent"]["lr"] == trial["params"]["agent.lr"]
+        assert config["agent"]["optim"]["lr"] == trial["params"]["agent.optim.lr"]
         assert config["train"]["total_steps"] == 600  # the command-line overrides reach every trial
     assert saved["trials"][0]["params"] != saved["trials"][1]["params"]
     table = (out / "results.md").read_text().splitlines()
-    assert len(table) == 4 and "agent.lr" in table[0]
+    assert len(table) == 4 and "agent.optim.lr" in table[0]
     assert f"results: {out / 'results.md'}" in capsys.readouterr().out
 
 
 def test_rl_lab_search_bad_input_is_one_line(tmp_path, capsys) -> None:
-    path = _sweep_file(tmp_path, {"agent.lr": {"distribution": "uniform", "min": 1, "max": 0}})
+    path = _sweep_file(tmp_path, {"agent.optim.lr": {"distribution": "uniform", "min": 1, "max": 0}})
     assert main(["search", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("rl-lab: error: ") and "parameters.agent.lr" in err[0]
+    assert len(err) == 1 and err[0].startswith("rl-lab: error: ") and "parameters.agent.optim.lr" in err[0]
     assert not (tmp_path / "out").exists()
     assert main(["search", str(path), "--trials", "2", "--bogus"]) == 2  # a stray option is still an error
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
@@ -176,9 +176,9 @@ def test_rl_lab_train_accepts_what_a_wandb_agent_passes(macro, tmp_path, monkeyp
     run_dir = tmp_path / "run"
     command = _agent_command(yaml.safe_load(path.read_text()), {**fixed, **values, "run.dir": str(run_dir)}, macro)
     assert command[:3] == ["rl-lab", "train", "configs/cartpole_dqn.yaml"]
-    assert any(a.startswith("--agent.lr=" if macro == "${args}" else "agent.lr=") for a in command)
+    assert any(a.startswith("--agent.optim.lr=" if macro == "${args}" else "agent.optim.lr=") for a in command)
     assert main(command[1:]) == 0
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["agent"]["lr"] == values["agent.lr"] and math.isfinite(config["agent"]["lr"])
+    assert config["agent"]["optim"]["lr"] == values["agent.optim.lr"] and math.isfinite(config["agent"]["optim"]["lr"])
     assert config["agent"]["batch_size"] == values["agent.batch_size"]
     assert (run_dir / "summary.json").is_file()

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from agents.tabular_q import TabularQ, TabularQConfig
-from envs.gridworld import MAPS
+from rl_lab.agents.tabular_q import TabularQ, TabularQConfig
 from rl_lab.cli import main
-from rl_lab.replay import ReplayBuffer
+from rl_lab.envs.gridworld import MAPS
+from rl_lab.replay.uniform import ReplayBuffer
 
 CONFIG = str(REPO / "configs" / "gridworld_q.yaml")
 QUIET = ["device=cpu", "logger.wandb.mode=disabled", "logger.progress=false"]

@@ -11,15 +11,14 @@ import safetensors.torch
 import torch
 from conftest import CARTPOLE_CONFIG, REPO, run_rl_lab
 
-from agents.dqn import DQN, DQNConfig
+from rl_lab.agents.dqn import DQN, DQNConfig
 from rl_lab.backbone import load_encoder
-from rl_lab.backbone.transfer import export_encoder
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint
-from rl_lab.config import EncoderConfig, load_config
+from rl_lab.config import EncoderConfig
+from rl_lab.distributed import NullLogger
 from rl_lab.errors import UserError
-from rl_lab.run import train_new
-from rl_lab.tasks.distributed import NullLogger
-from rl_lab.tasks.runner import build_task
+from rl_lab.loader import build_trainer, load_config
+from rl_lab.runs import export_encoder, train_new
 
 MNIST_CNN = REPO / "configs" / "mnist_cnn.yaml"
 DIGITS = [
@@ -37,10 +36,10 @@ MLP16 = "{name: mlp, kwargs: {hidden_sizes: [16]}"
 
 
 def _trained(overrides: list[str], epochs: int):
-    trainer = build_task(load_config(MNIST_CNN, [*DIGITS, *overrides, f"train.epochs={epochs}"]))
+    trainer = build_trainer(load_config(MNIST_CNN, [*DIGITS, *overrides, f"train.epochs={epochs}"]))
     for _ in range(epochs):
         trainer.train_epoch(NullLogger())
-        trainer.end_epoch(NullLogger())
+        trainer.end_epoch(trainer.validate(), NullLogger())
     return trainer
 
 
@@ -60,12 +59,12 @@ def test_linear_probe_on_pretrained_encoder_beats_probe_on_random_encoder(digits
         assert torch.equal(tensor, saved[key]), key
     trained = {id(p) for group in pretrained.optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in pretrained.model.head.parameters()}  # the probe trains the head only
-    assert pretrained.state.best_val_acc > random.state.best_val_acc + 0.2, (pretrained.state, random.state)
+    assert pretrained.state.best_val["acc"] > random.state.best_val["acc"] + 0.2, (pretrained.state, random.state)
 
 
 def test_encoder_lr_mult_sets_the_encoders_learning_rate(digits_encoder):
     enc = f"task.encoder={MLP16}, init: {digits_encoder}, lr_mult: 0.1}}"
-    trainer = build_task(load_config(MNIST_CNN, [*DIGITS, enc, "task.optim={name: sgd, lr: 0.5, momentum: 0}"]))
+    trainer = build_trainer(load_config(MNIST_CNN, [*DIGITS, enc, "task.optim={name: sgd, lr: 0.5, momentum: 0}"]))
     encoder_params = {id(p) for p in trainer.model.encoder.parameters()}
     lrs = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
     assert sorted({lrs[i] for i in encoder_params}) == [pytest.approx(0.05)]
@@ -77,7 +76,7 @@ def test_encoder_lr_mult_sets_the_encoders_learning_rate(digits_encoder):
 
 def test_init_with_another_spec_is_a_clear_error(digits_encoder):
     with pytest.raises(UserError, match="encoder spec mismatch.*hidden_sizes"):
-        build_task(load_config(MNIST_CNN, [*DIGITS, f"task.encoder={{name: mlp, init: {digits_encoder}}}"]))
+        build_trainer(load_config(MNIST_CNN, [*DIGITS, f"task.encoder={{name: mlp, init: {digits_encoder}}}"]))
 
 
 def test_dqn_starts_from_a_saved_encoder_frozen(digits_encoder):
@@ -117,15 +116,15 @@ def test_dqn_encoder_exported_from_a_pixel_run_loads_into_a_classifier(tmp_path)
     q_net = load_checkpoint(latest_checkpoint(run / "checkpoints"))[0]["agent"]["q_net"]
 
     enc = f"task.encoder={lenet[:-1]}, init: {tmp_path / 'encoder'}}}"
-    trainer = build_task(load_config(MNIST_CNN, [*DIGITS, enc, "train.epochs=3"]))
+    trainer = build_trainer(load_config(MNIST_CNN, [*DIGITS, enc, "train.epochs=3"]))
     assert trainer.model.encoder.spec.input_shape == (4, 10, 10)
     for key, tensor in trainer.model.encoder.state_dict().items():
         assert torch.equal(tensor, q_net[f"encoder.{key}"]), key
     safetensors.torch.load_file(tmp_path / "encoder" / "encoder.safetensors")  # a plain safetensors file
     for _ in range(3):
         trainer.train_epoch(NullLogger())
-        trainer.end_epoch(NullLogger())
-    assert trainer.state.best_val_acc > 0.5  # chance is 0.1
+        trainer.end_epoch(trainer.validate(), NullLogger())
+    assert trainer.state.best_val["acc"] > 0.5  # chance is 0.1
 
 
 def test_export_encoder_of_a_non_run_is_a_user_error(tmp_path):

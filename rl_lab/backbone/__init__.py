@@ -12,6 +12,8 @@ from rl_lab.backbone.encoders import (
 )
 from rl_lab.backbone.heads import LinearHead, MLPHead
 from rl_lab.backbone.io import load_encoder, load_encoder_weights, save_encoder
+from rl_lab.backbone.recurrent import RNNEncoder  # registers lstm and gru
+from rl_lab.backbone.vision import VGG, LeNet, ResNet  # register lenet, resnet and vgg
 
 __all__ = [
     "ENCODERS",
@@ -21,6 +23,10 @@ __all__ = [
     "MLPEncoder",
     "MLPHead",
     "NatureCNN",
+    "RNNEncoder",
+    "LeNet",
+    "ResNet",
+    "VGG",
     "build_encoder",
     "encoder_names",
     "load_encoder",

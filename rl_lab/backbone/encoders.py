@@ -1,7 +1,8 @@
 """Encoders built by name from a JSON-able spec.
 
 A checkpoint stores the spec next to the weights, so a model can be rebuilt (or checked) without code
-that remembers how it was constructed. Adding an encoder is one class plus one line in ENCODERS.
+that remembers how it was constructed. Adding an encoder is one Encoder subclass that lists its `names`
+(rl_lab.backbone imports every module that defines one, so the registry is complete whatever is imported first).
 """
 
 from __future__ import annotations
@@ -95,10 +96,20 @@ def mlp_layers(in_dim: int, hidden_sizes: list[int], activation: str) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class Encoder(nn.Module):
-    """Base for registered encoders: `defaults` lists every kwarg, `check` validates a resolved spec."""
+ENCODERS: dict[str, type[Encoder]] = {}  # name -> class; filled by Encoder subclasses as they are defined
 
+
+class Encoder(nn.Module):
+    """Base for registered encoders: `names` it is built by, `defaults` lists every kwarg, `check` validates a
+    resolved spec."""
+
+    names: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict[str, Any]] = {}
+    recurrent: ClassVar[bool] = False  # recurrent encoders take (T, B, ...) inputs and a state
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        ENCODERS.update(dict.fromkeys(cls.names, cls))
 
     def __init__(self, spec: EncoderSpec, out_dim: int) -> None:
         super().__init__()
@@ -111,6 +122,7 @@ class Encoder(nn.Module):
 
 
 class MLPEncoder(Encoder):
+    names = ("mlp",)
     """Flattens any input shape and applies an MLP; for vector observations."""
 
     defaults: ClassVar[dict[str, Any]] = {"hidden_sizes": [64, 64], "activation": "relu"}
@@ -132,6 +144,7 @@ class MLPEncoder(Encoder):
 
 
 class NatureCNN(Encoder):
+    names = ("nature_cnn",)
     """Nature DQN torso (Mnih et al. 2015) over (C, H, W) frames, e.g. (4, 84, 84).
 
     uint8 frames are scaled to [0, 1] inside forward, on whatever device the model is on, so replay
@@ -184,14 +197,6 @@ class NatureCNN(Encoder):
         if x.dtype == torch.uint8:
             x = x.float() / 255
         return self.net(x)
-
-
-from rl_lab.backbone.recurrent import RNNEncoder  # noqa: E402 - subclasses Encoder, defined above
-from rl_lab.backbone.vision import VGG, LeNet, ResNet  # noqa: E402 - subclasses Encoder, defined above
-
-ENCODERS: dict[str, type[Encoder]] = {"mlp": MLPEncoder, "nature_cnn": NatureCNN}
-ENCODERS.update(lstm=RNNEncoder, gru=RNNEncoder)
-ENCODERS.update(lenet=LeNet, resnet=ResNet, vgg=VGG)
 
 
 def encoder_names() -> list[str]:

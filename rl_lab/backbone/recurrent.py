@@ -12,19 +12,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rl_lab.backbone.encoders import Encoder, EncoderSpec, _positive_int
+from rl_lab.backbone.encoders import ENCODERS, Encoder, EncoderSpec, _positive_int, build_encoder, resolve_spec
 from rl_lab.errors import UserError
 
 
 class RNNEncoder(Encoder):
     """Registered twice: as `lstm` and as `gru`; the spec's name picks the cell."""
 
+    names = ("lstm", "gru")
     recurrent = True
     defaults: ClassVar[dict[str, Any]] = {"torso": "mlp", "torso_kwargs": {"hidden_sizes": [64]}, "hidden_size": 128}
 
     def __init__(self, spec: EncoderSpec) -> None:
-        from rl_lab.backbone.encoders import build_encoder  # defined after the registry that imports this module
-
         super().__init__(spec, spec.kwargs["hidden_size"])
         self.torso = build_encoder(self.torso_spec(spec))
         self.parts = 2 if spec.name == "lstm" else 1
@@ -37,13 +36,11 @@ class RNNEncoder(Encoder):
 
     @classmethod
     def check(cls, spec: EncoderSpec) -> None:
-        from rl_lab.backbone.encoders import ENCODERS, resolve_spec
-
         _positive_int(spec.name, "hidden_size", spec.kwargs["hidden_size"])
         torso = spec.kwargs["torso"]
         if not isinstance(spec.kwargs["torso_kwargs"], dict):
             raise UserError(f"encoder '{spec.name}' kwarg 'torso_kwargs' must be a mapping, got {torso!r}")
-        if getattr(ENCODERS.get(torso), "recurrent", False):
+        if torso in ENCODERS and ENCODERS[torso].recurrent:
             raise UserError(f"encoder '{spec.name}' needs a feed-forward torso, got '{torso}'")
         resolve_spec(cls.torso_spec(spec))
 

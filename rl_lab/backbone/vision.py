@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rl_lab.backbone.encoders import (
@@ -138,6 +139,8 @@ class LeNet(Encoder):
     when the map is smaller than 6, so 8x8 digits still fit. Features: the last hidden layer (84 by default).
     """
 
+    names = ("lenet",)
+
     defaults: ClassVar[dict[str, Any]] = {
         "channels": [6, 16],
         "hidden_sizes": [120, 84],
@@ -211,6 +214,8 @@ class ResNet(Encoder):
     `blocks` holds the number of blocks per stage: [n, n, n] is ResNet-(6n+2). Features: the last width.
     """
 
+    names = ("resnet",)
+
     defaults: ClassVar[dict[str, Any]] = {"width": 16, "blocks": [2, 2, 2], "norm": "batch", **COMMON}
 
     def __init__(self, spec: EncoderSpec) -> None:
@@ -248,6 +253,8 @@ class VGG(Encoder):
     entry of `channels`; then fully connected layers. Features: the last hidden layer, else the flat map.
     """
 
+    names = ("vgg",)
+
     defaults: ClassVar[dict[str, Any]] = {
         "channels": [32, 64],
         "convs_per_block": 2,
@@ -281,3 +288,13 @@ class VGG(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(_as_float(x))
+
+
+def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Images resized (bilinear) and their channels averaged/repeated to fit an encoder made for `shape`."""
+    channels, height, width = shape
+    if x.shape[2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1)
+    return x

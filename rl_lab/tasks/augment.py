@@ -8,31 +8,10 @@ an uninterrupted single-process run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from rl_lab.config import check
-
-
-@dataclass
-class AugmentConfig:
-    crop_padding: int = 0  # pad by this many pixels (zeros), then crop back at a random offset
-    translate: float = 0.0  # random shift of up to this fraction of the width/height (bilinear, zero fill)
-    hflip: bool = False  # mirror left-right with probability 1/2 (not for digits: a mirrored 2 is not a 2)
-    brightness: float = 0.0  # add a uniform offset in [-b, b]
-    contrast: float = 0.0  # scale around the image mean by a factor in [1 - c, 1 + c]
-
-    def __post_init__(self):
-        check(self.crop_padding >= 0, "crop_padding", "must be >= 0")
-        check(0.0 <= self.translate < 1.0, "translate", "must be in [0, 1)")
-        check(self.brightness >= 0, "brightness", "must be >= 0")
-        check(0.0 <= self.contrast < 1.0, "contrast", "must be in [0, 1)")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.crop_padding or self.translate or self.hflip or self.brightness or self.contrast)
+from rl_lab.tasks.configs import AugmentConfig
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:

@@ -11,11 +11,8 @@ CIDEr-D from pycocoevalcap (the MS-COCO evaluation code), on the held-out splits
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,10 +21,10 @@ from torch import nn
 
 from rl_lab.backbone import EncoderSpec, build_encoder, load_encoder
 from rl_lab.backbone.encoders import Encoder
-from rl_lab.backbone.transfer import init_encoder, param_groups, saved_spec
+from rl_lab.backbone.transfer import init_encoder, saved_spec
 from rl_lab.backbone.vision import feature_map
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
-from rl_lab.config import EncoderConfig, TaskConfig, check
+from rl_lab.checkpoint import load_checkpoint, load_module_state
+from rl_lab.config import EncoderConfig, TaskConfig
 from rl_lab.data.captions import (
     CAPTION_DATASETS,
     CAPTION_SPLITS,
@@ -36,47 +33,16 @@ from rl_lab.data.captions import (
     load_captions,
     load_image,
 )
-from rl_lab.decoding import beam_search, sample
 from rl_lab.errors import UserError
+from rl_lab.figures import pyplot, save_figure
 from rl_lab.logger import RunLogger
-from rl_lab.seeding import rng_state, set_rng_state
-from rl_lab.tasks.classification import epoch_seed
-from rl_lab.tasks.training import OptimConfig, ScheduleConfig, batches, make_optimizer, make_schedule
+from rl_lab.optim import make_epoch_schedule, make_optimizer
+from rl_lab.tasks.base import EpochTrainer, epoch_seed
+from rl_lab.tasks.configs import CaptioningConfig
+from rl_lab.tasks.decoding import beam_search, sample
+from rl_lab.tasks.training import batches
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider")
-
-
-def _small_cnn() -> EncoderConfig:
-    """Three conv+pool blocks: 32x32 scenes -> a 4x4 grid of 64-d vectors (a grid cell per quarter object cell)."""
-    return EncoderConfig("vgg", {"channels": [16, 32, 64], "convs_per_block": 1, "hidden_sizes": []})
-
-
-@dataclass
-class CaptioningConfig:
-    name: str = "captioning"
-    encoder: EncoderConfig = field(default_factory=_small_cnn)
-    rnn: Literal["lstm", "gru"] = "lstm"
-    attention: bool = True  # false: Show and Tell (image -> initial state only)
-    embed_dim: int = 32
-    hidden_size: int = 128
-    attention_dim: int = 64
-    dropout: float = 0.0  # before the output layer
-    doubly_stochastic: float = 1.0  # lambda of the attention regulariser (Xu et al. eq. 14); 0 = off
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, grad_clip=5.0))
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    min_count: int = 1  # rarer training words become <unk>
-    max_length: int = 32  # words per caption; longer training captions are cut, generation stops there
-    beam: int = 3  # decoding for evaluation; 1 = greedy
-    length_alpha: float = 0.7  # beam ranking: log p / length**length_alpha
-    final_beams: list[int] = field(default_factory=lambda: [1, 3, 5])  # the test set is also scored at each
-
-    def __post_init__(self):
-        for key in ("embed_dim", "hidden_size", "attention_dim", "min_count", "max_length", "beam"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        check(self.doubly_stochastic >= 0, "doubly_stochastic", "must be >= 0")
-        check(self.length_alpha >= 0, "length_alpha", "must be >= 0")
-        check(all(b >= 1 for b in self.final_beams), "final_beams", "beam sizes must be >= 1")
 
 
 class Captioner(nn.Module):
@@ -259,24 +225,14 @@ def evaluate_split(model: Captioner, data: CaptionSplit, vocab: Vocabulary, beam
     return caption_scores(data.captions, hypotheses)
 
 
-@dataclass
-class CaptionState:
-    epoch: int = 0  # finished epochs
-    step: int = 0  # optimiser steps
-    metrics_lines: int = 0
-    best_val_cider: float = float("-inf")  # the best weights are those of the highest validation CIDEr
-    best_epoch: int = 0
-    train_captions: int = 0
-    train_time_s: float = 0.0
-    wall_time_s: float = 0.0
-    final: dict | None = None  # held-out scores of the best weights, once logged
+class CaptioningTrainer(EpochTrainer):
+    """Epochs of teacher-forced (image, reference caption) pairs, validated by CIDEr; the held-out splits scored once
+    at the end with the best weights, the test split also at each of `final_beams`."""
 
-
-class CaptioningTrainer:
-    """The task's training loop, driven by rl_lab.run like the classification task (run, resume, state)."""
+    selection = ("cider", "max")
 
     def __init__(self, config: TaskConfig, device: torch.device, rng: np.random.Generator):
-        self.config, self.device, self.rng = config, device, rng
+        super().__init__(config, device, rng)
         c, d = config.task, config.data
         if d.name not in CAPTION_DATASETS:
             raise UserError(f"task captioning needs a captions dataset: data.name one of {', '.join(CAPTION_DATASETS)}")
@@ -285,51 +241,16 @@ class CaptioningTrainer:
         self.vocab = Vocabulary.build((cap for caps in train.captions for cap in caps), c.min_count, c.max_length)
         self.image_shape = tuple(train.images.shape[1:])
         self.model = build_model(c, caption_encoder(c.encoder, self.image_shape), len(self.vocab)).to(device)
-        groups = param_groups(self.model, self.model.encoder, c.encoder, c.optim.lr, c.optim.weight_decay)
-        self.optimizer = make_optimizer(groups, c.optim)
-        self.schedule = make_schedule(self.optimizer, c.schedule, config.train.epochs)
+        self.optimizer = make_optimizer(self.model, self.model.encoder, c.encoder, c.optim)
+        self.schedule = make_epoch_schedule(self.optimizer, c.optim, config.train.epochs)
         # every (image, reference caption) pair is one training example
         self.pair_image = torch.tensor([i for i, caps in enumerate(train.captions) for _ in caps])
         self.pair_caption = self.vocab.encode_batch([cap for caps in train.captions for cap in caps])
-        self.best = copy.deepcopy(self.model.state_dict())
-        self.state = CaptionState()
+        self.ready()
 
     def run(self, run_dir: Path, logger: RunLogger) -> dict:
-        config, c, state = self.config, self.config.task, self.state
         self.vocab.save(run_dir / "vocab.json")
-        start = time.perf_counter()
-        while state.epoch < config.train.epochs:
-            self.train_epoch(logger)
-            self.end_epoch(logger)
-            self.save(run_dir, logger, start)
-        if state.final is None:  # a run resumed after its final checkpoint has logged this already
-            best = self.best_model()
-            held_out = [s for s in self.data if s != "train"]
-            state.final = {s: evaluate_split(best, self.data[s], self.vocab, c.beam, c.length_alpha) for s in held_out}
-            state.final["test_by_beam"] = {
-                str(b): evaluate_split(best, self.data["test"], self.vocab, b, c.length_alpha) for b in c.final_beams
-            }
-            row = {f"{s}/{k}": v for s in held_out for k, v in state.final[s].items()}
-            logger.log(state.step, {"epoch": state.epoch, **row})
-            self.save(run_dir, logger, start)
-        hypotheses, _ = describe(self.best_model(), self.data["test"].images[:5], self.vocab, c.beam, c.length_alpha)
-        return {
-            **{k: v for k, v in state.final.items()},
-            "best_val_cider": state.best_val_cider,
-            "best_epoch": state.best_epoch,
-            "epochs": state.epoch,
-            "steps": state.step,
-            "dataset": config.data.name,
-            "attention": c.attention,
-            "beam": c.beam,
-            "vocab_size": len(self.vocab),
-            "examples": [
-                {"id": i, "caption": " ".join(h), "reference": " ".join(refs[0])}
-                for i, h, refs in zip(self.data["test"].ids, hypotheses, self.data["test"].captions, strict=False)
-            ],
-            "wall_time_s": state.wall_time_s + time.perf_counter() - start,
-            "train_captions_per_s": state.train_captions / max(state.train_time_s, 1e-9),
-        }
+        return super().run(run_dir, logger)
 
     def train_epoch(self, logger: RunLogger) -> None:
         config, c, state = self.config, self.config.task, self.state
@@ -350,120 +271,81 @@ class CaptioningTrainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
             self.optimizer.step()
             state.step += 1
-            state.train_captions += len(captions)
+            state.train_examples += len(captions)
             if state.step % config.logger.log_every == 0:
                 row = {"epoch": state.epoch, "train/loss": loss.item(), "train/ce": ce.item()}
                 logger.log(state.step, row)
                 logger.progress(state.step, epoch=state.epoch, loss=f"{row['train/loss']:.4f}")
         state.train_time_s += time.perf_counter() - start
 
-    def end_epoch(self, logger: RunLogger) -> None:
-        """Score the validation captions, step the schedule, remember the best weights, log the epoch."""
-        c, state = self.config.task, self.state
-        val = evaluate_split(self.model, self.data["val"], self.vocab, c.beam, c.length_alpha)
-        lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_mult"]
-        if c.schedule.name == "plateau":
-            self.schedule.step(-val["cider"])
-        else:
-            self.schedule.step()
-        state.epoch += 1
-        if val["cider"] > state.best_val_cider:
-            state.best_val_cider, state.best_epoch = val["cider"], state.epoch
-            self.best = copy.deepcopy(self.model.state_dict())
-        logger.log(state.step, {"epoch": state.epoch, "lr": lr, **{f"val/{k}": v for k, v in val.items()}})
-
-    def best_model(self) -> Captioner:
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(self.best)
-        return model.eval()
-
-    def save(self, run_dir: Path, logger: RunLogger, start: float) -> None:
-        json_rng, tensor_rng = rng_state(self.rng)
-        torch_state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "best": self.best,
-            "rng": tensor_rng,
-        }
-        meta = {**vars(self.state), "metrics_lines": logger.lines, "rng": json_rng}
-        meta["wall_time_s"] = self.state.wall_time_s + time.perf_counter() - start
-        meta["model"] = self.model_meta()
-        save_checkpoint(
-            run_dir / "checkpoints", self.state.step, torch_state, {}, meta, self.config.run.keep_checkpoints
-        )
-
-    def model_meta(self) -> dict:
-        """What `rl-lab caption` needs to rebuild the model without the data: encoder spec, image shape, vocab."""
-        return {"encoder": self.model.encoder.spec.to_dict(), "vocab": self.vocab.to_json()}
-
-    def resume(self, run_dir: Path) -> None:
-        """Load the latest checkpoint: weights, optimiser, schedule, best weights, RNGs and counters."""
-        path = latest_checkpoint(run_dir / "checkpoints")
-        torch_state, _, meta = load_checkpoint(path, self.device)
-        with reading_checkpoint(path):
-            load_module_state(self.model, torch_state["model"], "model")
-            self.optimizer.load_state_dict(torch_state["optimizer"])
-            self.schedule.load_state_dict(torch_state["schedule"])
-            self.best = torch_state["best"]
-            set_rng_state(self.rng, meta.pop("rng"), torch_state["rng"])
-            meta.pop("model")
-            self.state = CaptionState(**meta)
-
-    def load_weights(self, checkpoint: Path) -> Captioner:
-        """The model a finished run was scored with (its best validation weights), in eval mode."""
-        torch_state, _, _ = load_checkpoint(checkpoint, self.device)
-        model = copy.deepcopy(self.model)
-        load_module_state(model, torch_state["best"], f"{checkpoint} best weights")
-        return model.eval()
-
-    def evaluate(self, run_dir: Path) -> dict:
-        """Held-out scores of a run's best weights at the config's beam (`rl-lab eval RUN_DIR`), as a table."""
+    def scores(self, model: Captioner, split: str, beam: int | None = None) -> dict[str, float]:
         c = self.config.task
-        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        return evaluate_split(model, self.data[split], self.vocab, beam or c.beam, c.length_alpha)
+
+    def validate(self) -> dict[str, float]:
+        return self.scores(self.model, "val")
+
+    def test(self, model: Captioner) -> dict:
+        final = {s: self.scores(model, s) for s in self.data if s != "train"}
+        final["test_by_beam"] = {str(b): self.scores(model, "test", b) for b in self.config.task.final_beams}
+        return final
+
+    def final_row(self, final: dict) -> dict[str, float]:
+        return {f"{s}/{k}": v for s in self.data if s != "train" for k, v in final[s].items()}
+
+    def checkpoint_meta(self) -> dict:
+        """What `rl-lab caption` needs to rebuild the model without the data: encoder spec and vocabulary."""
+        return {"model": {"encoder": self.model.encoder.spec.to_dict(), "vocab": self.vocab.to_json()}}
+
+    def summary(self) -> dict:
+        c, state = self.config.task, self.state
+        hypotheses, _ = describe(self.best_model(), self.data["test"].images[:5], self.vocab, c.beam, c.length_alpha)
+        test = self.data["test"]
+        return {
+            **state.final,
+            "best_val_cider": state.best_val["cider"],
+            "attention": c.attention,
+            "beam": c.beam,
+            "vocab_size": len(self.vocab),
+            "examples": [
+                {"id": i, "caption": " ".join(h), "reference": " ".join(refs[0])}
+                for i, h, refs in zip(test.ids, hypotheses, test.captions, strict=False)
+            ],
+            "train_captions_per_s": state.train_examples / max(state.train_time_s, 1e-9),
+        }
+
+    def evaluate_checkpoint(self, checkpoint: Path, **options) -> tuple[dict, str]:
+        """Held-out scores of a run's best weights at the config's beam (`rl-lab eval RUN_DIR`), as a table."""
         model = self.load_weights(checkpoint)
-        result = {s: evaluate_split(model, self.data[s], self.vocab, c.beam, c.length_alpha) for s in self.data}
-        result.pop("train")
-        print(f"{run_dir} at {checkpoint.name} ({self.config.data.name}, beam {c.beam})")
-        self.print_scores(result)
-        return result
+        result = {s: self.scores(model, s) for s in self.data if s != "train"}
+        title = (
+            f"{checkpoint.parent.parent} at {checkpoint.name} ({self.config.data.name}, beam {self.config.task.beam})"
+        )
+        return result, "\n".join([title, scores_table(result)])
 
-    @staticmethod
-    def print_scores(rows: dict[str, dict]) -> None:
-        print(f"  {'split':<8}" + "".join(f"{m:>8}" for m in METRICS))
-        for name, scores in rows.items():
-            print(f"  {name:<8}" + "".join(f"{scores[m]:8.3f}" for m in METRICS))
-
-    def report(self, summary: dict, run_dir: Path) -> None:
-        """Print the held-out scores and a few captions (rl_lab.tasks.runner calls this after training)."""
-        print(f"{self.config.data.name}: {summary['epochs']} epochs, {summary['steps']} steps, beam {summary['beam']}")
+    def report(self, summary: dict, run_dir: Path) -> str:
+        """The held-out scores and a few captions."""
         rows = {s: summary[s] for s in self.data if s != "train"}
-        self.print_scores({**rows, **{f"test b{b}": v for b, v in summary["test_by_beam"].items()}})
-        for example in summary["examples"][:3]:
-            print(f"  {example['caption']!r}  (reference: {example['reference']!r})")
-        print(f"training: {summary['wall_time_s']:.1f} s, {summary['train_captions_per_s']:.0f} captions/s")
-        print(f"run dir: {run_dir}")
+        rows.update({f"test b{b}": v for b, v in summary["test_by_beam"].items()})
+        lines = [
+            f"{self.config.data.name}: {summary['epochs']} epochs, {summary['steps']} steps, beam {summary['beam']}"
+        ]
+        lines.append(scores_table(rows))
+        lines += [f"  {e['caption']!r}  (reference: {e['reference']!r})" for e in summary["examples"][:3]]
+        lines.append(f"training: {summary['wall_time_s']:.1f} s, {summary['train_captions_per_s']:.0f} captions/s")
+        lines.append(f"run dir: {run_dir}")
+        return "\n".join(lines)
 
 
-def caption_image(
-    run_dir: str | Path, image_path: str | Path, attention: bool = False, beam: int | None = None, out=None
-) -> tuple[list[str], Path | None]:
-    """`rl-lab caption`: print the caption a run's best weights give an image; with attention, draw where each
-    word looked (a PNG, default RUN_DIR/plots/attention-IMAGE.png). Returns the words and the figure's path."""
-    from rl_lab.config import load_config
+def scores_table(rows: dict[str, dict]) -> str:
+    lines = [f"  {'split':<8}" + "".join(f"{m:>8}" for m in METRICS)]
+    lines += [f"  {name:<8}" + "".join(f"{scores[m]:8.3f}" for m in METRICS) for name, scores in rows.items()]
+    return "\n".join(lines)
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
-    if not isinstance(config, TaskConfig) or config.task.name != "captioning":
-        raise UserError(f"{run_dir} is not a captioning run (its config has no task.name=captioning)")
-    c = config.task
-    if attention and not c.attention:
-        raise UserError(f"{run_dir} was trained without attention (task.attention=false); drop --attention")
-    if beam is not None and beam < 1:
-        raise UserError(f"--beam {beam}: must be >= 1")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+
+def caption_file(checkpoint: Path, c: CaptioningConfig, image_path, beam: int, attention_path: Path | None = None):
+    """The words a captioning checkpoint's best weights give an image file (resized to the model's input); with
+    `attention_path`, a figure of where each word looked. The model is rebuilt from the checkpoint alone."""
     torch_state, _, meta = load_checkpoint(checkpoint)
     try:
         spec = EncoderSpec.from_dict(meta["model"]["encoder"])
@@ -473,20 +355,15 @@ def caption_image(
     model = build_model(c, build_encoder(spec), len(vocab))
     load_module_state(model, torch_state["best"], f"{checkpoint} best weights")
     image = torch.from_numpy(load_image(Path(image_path), spec.input_shape[1]))
-    (words,), alphas = describe(model, image[None], vocab, beam or c.beam, c.length_alpha)
-    print(" ".join(words))
-    if not attention:
-        return words, None
-    path = Path(out) if out else run_dir / "plots" / f"attention-{Path(image_path).stem}.png"
-    plot_attention(image, words, alphas[0], model.grid_size, path)
-    print(f"attention map: {path}")
-    return words, path
+    (words,), alphas = describe(model, image[None], vocab, beam, c.length_alpha)
+    if attention_path is not None:
+        plot_attention(image, words, alphas[0], model.grid_size, attention_path)
+    return words
 
 
 def plot_attention(image: torch.Tensor, words: list[str], alphas: torch.Tensor, grid: tuple[int, int], path: Path):
     """The image, then one panel per generated word (and <end>) with its attention weights laid over it."""
-    from rl_lab.plots import plt
-
+    plt = pyplot()
     tokens = (words + ["<end>"])[: len(alphas)]
     picture = image.permute(1, 2, 0).numpy()
     size = picture.shape[:2]
@@ -502,8 +379,4 @@ def plot_attention(image: torch.Tensor, words: list[str], alphas: torch.Tensor, 
         ax.imshow(picture)
         ax.imshow(weights[0, 0].numpy(), cmap="gray", alpha=0.6, vmin=0)
         ax.set_title(word, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -1,78 +1,13 @@
-"""Pieces every supervised task trains with: optimisers, learning-rate schedules, EMA weights, batches.
-
-Schedules step once per epoch. Optimiser param groups come from rl_lab.backbone.transfer, so the encoder's
-learning-rate multiplier and freezing work the same for every task.
-"""
+"""Pieces every supervised task trains with: EMA weights and batches (optimisers and schedules: rl_lab.optim)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-
-from rl_lab.config import check
-
-
-@dataclass
-class OptimConfig:
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd and rmsprop
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # L2 on weights (coupled for sgd/adam/rmsprop, decoupled for adamw); never on biases
-    eps: float = 1e-8  # adam, adamw, rmsprop
-    grad_clip: float | None = None  # max global gradient norm; None = no clipping
-
-    def __post_init__(self):
-        check(self.lr > 0, "lr", "must be > 0")
-        check(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
-        check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), "nesterov", "needs sgd with momentum")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.eps > 0, "eps", "must be > 0")
-        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be > 0 or null")
-
-
-@dataclass
-class ScheduleConfig:
-    name: Literal["constant", "step", "cosine", "exponential", "plateau"] = "constant"
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.1  # step, exponential (per epoch) and plateau: the decay factor
-    min_lr: float = 0.0  # cosine: the final learning rate
-    patience: int = 2  # plateau: epochs without a lower validation loss before decaying
-
-    def __post_init__(self):
-        check(self.step_size >= 1, "step_size", "must be >= 1")
-        check(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]")
-        check(self.min_lr >= 0, "min_lr", "must be >= 0")
-        check(self.patience >= 0, "patience", "must be >= 0")
-
-
-def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=cfg.lr, eps=cfg.eps)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int):
-    """A torch scheduler stepped once per epoch (plateau: with the validation loss)."""
-    sched = torch.optim.lr_scheduler
-    if cfg.name == "step":
-        return sched.StepLR(optimizer, cfg.step_size, cfg.gamma)
-    if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, epochs, eta_min=cfg.min_lr)
-    if cfg.name == "exponential":
-        return sched.ExponentialLR(optimizer, cfg.gamma)
-    if cfg.name == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.patience)
-    return sched.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
 class EMA:

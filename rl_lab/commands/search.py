@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rl_lab.config import _yaml_problem, load_config
+from rl_lab.config import yaml_problem
 from rl_lab.errors import UserError
 from rl_lab.fileio import write_atomic
+from rl_lab.loader import load_config
 
 RANGES = ("uniform", "log_uniform_values", "int_uniform")
 SWEEP_KEYS = {"program", "method", "metric", "parameters", "command", "name", "description", "project", "entity"}
@@ -81,7 +82,7 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({_yaml_problem(err)})") from None
+        raise _fail(path, f"not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise _fail(path, "the top level must be a mapping (method, metric, parameters, command)")
     unknown = sorted(set(data) - SWEEP_KEYS)
@@ -169,12 +170,12 @@ def _ranked(rows: list[dict], maximize: bool) -> list[dict]:
 def search(
     sweep_path: str | Path, trials: int, out_dir: str | Path | None = None, seed: int = 0, overrides: list[str] = ()
 ) -> list[dict]:
-    """Sample `trials` configurations, train each with rl_lab.run.train_new, return the rows best first.
+    """Sample `trials` configurations, train each with rl_lab.runs.train_new, return the rows best first.
 
     Every trial's config is checked before the first one starts, so a bad key or value costs no training.
     A trial that fails with a UserError is recorded as failed and the search goes on.
     """
-    from rl_lab.run import train_new
+    from rl_lab.runs import train_new
 
     sweep = load_sweep(sweep_path)
     if trials < 1:

@@ -1,7 +1,8 @@
 """The off-policy training loop shared by replay-based agents: step N envs, store, learn, evaluate, log, save.
 
-The agent supplies `act(obs, step, rng)`, `train(buffer, step, steps_taken, rng) -> metrics | None`,
-`greedy(obs)`, `epsilon(step)` and `state_dict()/load_state_dict()`. Everything the loop owns that a resumed run
+The agent supplies `make_replay(num_envs, frame_padding)` (the buffer it learns from, built from its own settings),
+`act(obs, step, rng)`, `train(buffer, step, steps_taken, rng) -> metrics | None`, `greedy(obs)`, `epsilon(step)`
+and `state_dict()/load_state_dict()`. Everything the loop owns that a resumed run
 needs (counters, RNG states, replay, env episodes in progress) goes into each checkpoint, so a run killed at any
 point and resumed writes the same metrics.jsonl as an uninterrupted one.
 
@@ -15,23 +16,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gymnasium.vector import SyncVectorEnv
 
-from envs import make_vector_env
-from envs.atari import is_atari
 from rl_lab.config import Config
-from rl_lab.frame_replay import FrameReplay
+from rl_lab.envs.atari import frame_stack_padding
 from rl_lab.logger import RunLogger
-from rl_lab.loop import EnvLoop
-from rl_lab.prioritized import Prioritized
-from rl_lab.replay import ReplayBuffer
+from rl_lab.rl.loop import EnvLoop
 from rl_lab.schedules import crossed
 
 
 class OffPolicyTrainer(EnvLoop):
     def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
         super().__init__(config, agent, envs, rng)
-        self.buffer = make_replay(config, envs, agent.device)
+        self.buffer = agent.make_replay(envs.num_envs, frame_stack_padding(config.env.id, envs))
         self.timers = {"env": 0.0, "act": 0.0, "learn": 0.0}  # seconds since the last log line
 
     def run(self, run_dir: Path, logger: RunLogger) -> dict:
@@ -96,26 +92,3 @@ class OffPolicyTrainer(EnvLoop):
     def load_extras(self, tensors: dict, arrays: dict[str, np.ndarray]) -> None:
         replay = {k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")}
         self.buffer.load_state_dict(replay)
-
-
-def make_envs(config: Config):
-    return make_vector_env(config.env.id, config.env.num_envs, config.env.vector, **config.env.kwargs)
-
-
-def make_replay(config: Config, envs, device):
-    """Stacked Atari frames are stored once each (FrameReplay); other observations whole (ReplayBuffer).
-
-    Agents without replay options (n_step, prioritized, ...) get a plain uniform buffer.
-    """
-    agent = config.agent
-    n_step, gamma = getattr(agent, "n_step", 1), getattr(agent, "gamma", 0.99)
-    space = envs.single_observation_space
-    if is_atari(config.env.id):
-        pad = "repeat" if isinstance(envs, SyncVectorEnv) else "zero"  # FrameStackObservation / AtariVectorEnv
-        storage = device if getattr(agent, "replay_device", "cpu") == "train" else "cpu"
-        buffer = FrameReplay(agent.buffer_size, space.shape, envs.num_envs, n_step, gamma, pad, storage)
-    else:
-        buffer = ReplayBuffer(agent.buffer_size, space.shape, space.dtype, n_step=n_step, gamma=gamma)
-    if getattr(agent, "prioritized", False):
-        return Prioritized(buffer, agent.per_alpha, agent.per_eps)
-    return buffer

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.reinforce import REINFORCEConfig, reinforce_weights
-from rl_lab.checkpoint import load_checkpoint
-from rl_lab.config import load_config
+from rl_lab.agents.reinforce import REINFORCEConfig, reinforce_weights
 from rl_lab.errors import UserError
 from rl_lab.fileio import write_atomic
+from rl_lab.loader import load_config
 from rl_lab.logger import RunLogger
 
 # key, label, agent overrides (the discount is the config's gamma)
@@ -48,7 +47,7 @@ def study(
     snapshots: int,
     batches: int,
 ) -> dict:
-    from rl_lab.run import build, train_new
+    from rl_lab.runs import open_run, train_new
 
     out = Path(out)
     if snapshots < 2 or batches < 2 or steps < 1:
@@ -73,17 +72,16 @@ def study(
         print(f"variance-study: training {key}")
         train_new(config_path, option)
 
-    reference = load_config(out / "runs" / REFERENCE / "config.yaml")
-    session = build(reference)  # a fresh agent with the run's seed: the run's initial policy
-    checkpoints = sorted((out / "runs" / REFERENCE / "checkpoints").glob("step_*"))
+    reference = open_run(out / "runs" / REFERENCE)
+    trainer = reference.trainer  # a fresh agent with the run's seed: the run's initial policy
+    checkpoints = sorted((reference.dir / "checkpoints").glob("step_*"))
     points = [(0, None)] + [(int(p.name.removeprefix("step_")), p) for p in checkpoints]
     results = []
     for step, path in points:
         if path is not None:
-            torch_state, _, _ = load_checkpoint(path, session.trainer.agent.device)
-            session.trainer.agent.load_state_dict(torch_state["agent"], weights_only=True)
+            trainer.load_weights(path)
         print(f"variance-study: {batches} batches at the snapshot of step {step}")
-        results.append({"step": step, **gradient_variance(session.trainer, base.agent, batches)})
+        results.append({"step": step, **gradient_variance(trainer, base.agent, batches)})
     return write_results(out, base, runs, results)
 
 
@@ -123,7 +121,7 @@ def _curve(run_dir: Path) -> tuple[list[int], list[float]]:
 
 
 def write_results(out: Path, base, runs: dict, results: list[dict]) -> dict:
-    from rl_lab.plots import plt
+    from rl_lab.figures import pyplot, save_figure
 
     curves = {key: _curve(out / "runs" / key) for key in runs}
     summary = {"options": [{"key": k, "label": label} for k, label, _ in OPTIONS], "snapshots": results}
@@ -131,7 +129,7 @@ def write_results(out: Path, base, runs: dict, results: list[dict]) -> dict:
     summary["final_eval"] = {k: json.loads((out / "runs" / k / "summary.json").read_text())["final_eval"] for k in runs}
     write_atomic(out / "variance.json", json.dumps(summary, indent=2) + "\n")
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=120)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(13, 4.5), dpi=120)
     for key, label, _ in OPTIONS:
         left.plot(*curves[key], ".-", label=label)
     left.set(xlabel="environment steps", ylabel="episode return (recent mean)", title="REINFORCE learning curves")
@@ -148,10 +146,7 @@ def write_results(out: Path, base, runs: dict, results: list[dict]) -> dict:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{base.env.id}: {base.agent.episodes_per_update} episodes per batch")
-    fig.tight_layout()
-    figure = out / "variance_study.png"
-    fig.savefig(figure)
-    plt.close(fig)
+    figure = save_figure(fig, out / "variance_study.png")
 
     logger = RunLogger(
         out,

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from envs import make_vector_env
-from envs.atari import human_normalized
+from rl_lab.envs import make_vector_env
+from rl_lab.envs.atari import human_normalized
 
 
 def evaluate(

@@ -108,7 +108,7 @@ class PolicyNetwork(nn.Module):
         spec = EncoderSpec(encoder.name, tuple(observation_space.shape), encoder.kwargs)
         self.actor_encoder = build_encoder(spec)
         self.critic_encoder = build_encoder(spec) if value and not shared_encoder else None
-        self.recurrent = bool(getattr(self.actor_encoder, "recurrent", False))
+        self.recurrent = self.actor_encoder.recurrent
         features = self.actor_encoder.out_dim
         if isinstance(action_space, gym.spaces.Discrete):
             self.action_head = CategoricalHead(features, int(action_space.n))

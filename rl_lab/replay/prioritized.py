@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rl_lab.errors import UserError
-from rl_lab.replay import Batch, to_device
+from rl_lab.replay.uniform import Batch, to_device
 
 
 class SumTree:

@@ -5,7 +5,8 @@ Two kinds of rollout, chosen by the agent:
   - whole episodes (`agent.episodes_per_update`, REINFORCE): every env starts a fresh episode and plays
     episodes_per_update / num_envs of them; an env that is done waits (its steps are masked out, not learned from)
     until the others finish, so long episodes are not under-represented.
-The agent supplies `net` (rl_lab.policy.PolicyNetwork), `update(rollout, step) -> metrics`, `greedy`, and
+The agent (rl_lab.agents.policy_gradient) supplies `net` (rl_lab.rl.policy.PolicyNetwork), `n_steps` or
+`episodes_per_update`, `update(rollout, step) -> metrics`, `greedy`, and
 `state_dict()/load_state_dict()`. Checkpoints are taken between rollouts and hold everything a resumed run needs
 (networks, optimizer, counters, RNG states, envs' episodes in progress, recurrent state), so a run killed at any
 point and resumed writes the same metrics.jsonl as an uninterrupted one.
@@ -14,92 +15,17 @@ point and resumed writes the same metrics.jsonl as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
-from rl_lab.backbone.transfer import init_encoder, param_groups, set_lr
-from rl_lab.checkpoint import load_module_state
-from rl_lab.config import Config, EncoderConfig, check
+from rl_lab.config import Config
 from rl_lab.errors import UserError
 from rl_lab.logger import RunLogger
-from rl_lab.loop import EnvLoop
-from rl_lab.policy import GreedyPolicy, PolicyNetwork
-from rl_lab.schedules import crossed, linear_schedule
-
-
-@dataclass
-class PolicyGradientConfig:
-    """Settings every policy-gradient agent shares; REINFORCE and A2C add their own."""
-
-    name: str = ""
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig("mlp", {"hidden_sizes": [64, 64]}))
-    shared_encoder: bool = False  # the critic reuses the actor's encoder (else it gets its own copy)
-    optimizer: Literal["adam", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    lr_end: float | None = None  # if set, the learning rate decays linearly to lr_end over train.total_steps
-    optimizer_eps: float = 1e-8
-    gamma: float = 0.99
-    entropy_coef: float = 0.0
-    value_coef: float = 0.5
-    normalize_advantages: bool = False  # per batch: zero mean, unit std
-    max_grad_norm: float | None = None  # None = no clipping
-    log_std_init: float = 0.0  # Gaussian policies: initial log standard deviation
-
-    def __post_init__(self):
-        check(self.lr > 0, "lr", "must be > 0")
-        check(self.lr_end is None or self.lr_end >= 0, "lr_end", "must be >= 0 or null")
-        check(self.optimizer_eps > 0, "optimizer_eps", "must be > 0")
-        check(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
-        check(self.entropy_coef >= 0, "entropy_coef", "must be >= 0")
-        check(self.value_coef >= 0, "value_coef", "must be >= 0")
-        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
-
-
-class PolicyGradientAgent:
-    """What REINFORCE and A2C have in common: the network, its optimizer, greedy acting, checkpoint state."""
-
-    loop = "onpolicy"  # trained by rl_lab.onpolicy.OnPolicyTrainer
-    n_steps: int | None = None  # rollout of n steps per env ...
-    episodes_per_update: int | None = None  # ... or of whole episodes
-
-    def __init__(self, cfg: PolicyGradientConfig, observation_space, action_space, device, total_steps, value: bool):
-        self.cfg, self.device, self.total_steps = cfg, device, total_steps
-        self.net = PolicyNetwork(
-            cfg.encoder, observation_space, action_space, value, cfg.shared_encoder, cfg.log_std_init
-        ).to(device)
-        encoders = nn.ModuleList(self.net.encoders())
-        for encoder in encoders:
-            init_encoder(encoder, cfg.encoder)  # encoder.init (a saved encoder) and encoder.freeze
-        groups = param_groups(self.net, encoders, cfg.encoder, cfg.lr)  # encoders at lr * encoder.lr_mult
-        if cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.optimizer_eps)
-        else:  # RMSprop as in the A3C paper and SB3's A2C
-            self.optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps)
-        self.greedy = GreedyPolicy(self.net, device)
-
-    def gradient_step(self, loss: torch.Tensor, step: int) -> float:
-        """One optimizer step on `loss` at env step `step`; returns the gradient norm before clipping."""
-        if self.cfg.lr_end is not None:
-            set_lr(self.optimizer, linear_schedule(self.cfg.lr, self.cfg.lr_end, self.total_steps, step))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
-        norm = nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        self.optimizer.step()
-        return float(norm)
-
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
-        load_module_state(self.net, state["net"], "net")
-        if not weights_only:
-            self.optimizer.load_state_dict(state["optimizer"])
+from rl_lab.rl.loop import EnvLoop
+from rl_lab.schedules import crossed
 
 
 @dataclass
@@ -120,7 +46,7 @@ class Rollout:
 
 
 class OnPolicyTrainer(EnvLoop):
-    def __init__(self, config: Config, agent: PolicyGradientAgent, envs, rng: np.random.Generator):
+    def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
         n = envs.num_envs
         if agent.episodes_per_update is not None and agent.episodes_per_update % n:
             raise UserError(

@@ -33,21 +33,22 @@ class Member:
 
 def load_members(run_dirs: list[str | Path]):
     """The tested model of each classification run, and the first run's trainer (its data and device)."""
-    from rl_lab.backbone.transfer import load_run
     from rl_lab.config import TaskConfig
+    from rl_lab.runs import open_run
 
     if len(run_dirs) < 2:
         raise UserError(f"give at least two run directories, got {len(run_dirs)}")
     members, first, first_data = [], None, None
-    for run_dir in map(Path, run_dirs):
-        config, checkpoint, trainer = load_run(run_dir)
+    for run in map(open_run, run_dirs):
+        config = run.config
         if not isinstance(config, TaskConfig) or config.task.name != "classification":
-            raise UserError(f"{run_dir} is not a classification run")
+            raise UserError(f"{run.dir} is not a classification run")
         data = (config.data.name, config.data.val_fraction, config.data.kwargs)
         if first_data is not None and data != first_data:
-            raise UserError(f"{run_dir} used other data {data} than {run_dirs[0]} {first_data}; compare like with like")
-        members.append(Member(run_dir.name, trainer.load_weights(checkpoint), trainer.init_fingerprint))
-        first, first_data = first or trainer, first_data or data
+            raise UserError(f"{run.dir} used other data {data} than {run_dirs[0]} {first_data}; compare like with like")
+        checkpoint = run.checkpoint  # found before the trainer is built
+        members.append(Member(run.dir.name, run.trainer.load_weights(checkpoint), run.trainer.init_fingerprint))
+        first, first_data = first or run.trainer, first_data or data
     return members, first
 
 

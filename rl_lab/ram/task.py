@@ -1,6 +1,6 @@
 """RAM trained as a supervised task: `rl-lab train configs/ram_mnist.yaml` (task.name: ram).
 
-The classification task's loop does the rest unchanged: data splits, epochs, validation and best weights,
+The classification task's trainer does the rest unchanged: data splits, epochs, validation and best weights,
 schedules, EMA, checkpoints with exact resume, the test at the end, summary.json, `rl-lab eval`. RAM enters it as a
 classifier whose logits are the log of its Monte-Carlo averaged class probabilities (M = task.eval_samples sampled
 trajectories), and with its own training step (the hybrid loss). After every epoch it also reports the deterministic
@@ -9,51 +9,22 @@ mean-location accuracy and draws where it looked (plots/glimpses.png, plots/glim
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from agents.ram import RAM, RAMConfig, predict, ram_losses
-from rl_lab.backbone.transfer import init_encoder, param_groups
-from rl_lab.config import TaskConfig, check
-from rl_lab.data import load_dataset
+from rl_lab.agents.ram import RAM, predict, ram_losses
 from rl_lab.errors import UserError
 from rl_lab.logger import RunLogger
-from rl_lab.ram_figures import glimpse_figures
-from rl_lab.tasks import distributed
-from rl_lab.tasks.augment import AugmentConfig, augment
-from rl_lab.tasks.classification import (
-    ClassificationTrainer,
-    EpochState,
-    encoder_spec,
-    epoch_seed,
-    fingerprint,
-    scores,
-)
+from rl_lab.optim import base_lr
+from rl_lab.ram.figures import glimpse_figures
+from rl_lab.tasks.augment import augment
+from rl_lab.tasks.base import epoch_seed
+from rl_lab.tasks.classification import ClassificationTrainer, encoder_spec, scores
 from rl_lab.tasks.classification import predict as predict_logits
-from rl_lab.tasks.training import EMA, OptimConfig, ScheduleConfig, batches, make_optimizer, make_schedule
-
-
-@dataclass
-class RAMTaskConfig(RAMConfig):
-    name: str = "ram"
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    ema_decay: float | None = None
-    eval_samples: int = 10  # M: sampled trajectories averaged per image at evaluation; 0 = mean locations only
-    figure_examples: int = 8  # validation images whose glimpse paths are drawn after each epoch; 0 = none
-
-    def __post_init__(self):
-        super().__post_init__()
-        check(self.eval_samples >= 0, "eval_samples", "must be >= 0")
-        check(self.figure_examples >= 0, "figure_examples", "must be >= 0")
-        check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", "must be in (0, 1) or null")
+from rl_lab.tasks.training import batches
 
 
 class RAMClassifier(nn.Module):
@@ -72,30 +43,16 @@ class RAMClassifier(nn.Module):
 
 
 class RAMTrainer(ClassificationTrainer):
-    def __init__(self, config: TaskConfig, device: torch.device, rng: np.random.Generator):
-        self.config, self.device, self.rng = config, device, rng
-        c, d = config.task, config.data
-        self.rank, self.world = distributed.rank_and_world()
+    """The classification task with RAM as the model, its hybrid loss as the training step, and after every epoch
+    the mean-location accuracy and the glimpse figures."""
+
+    def build_model(self) -> tuple[nn.Module, nn.Module]:
+        c, train = self.config.task, self.data["train"]
         if self.world > 1:
             raise UserError("task ram trains in one process; run it without torchrun")
-        self.data = {
-            split: load_dataset(d.name, split, config.seed, d.cache_dir, d.val_fraction, **d.kwargs)
-            for split in ("train", "val", "test")
-        }
-        train = self.data["train"]
-        self.num_classes = train.num_classes
         sensor = (c.scales * train.images.shape[1], c.glimpse_size, c.glimpse_size)
         ram = RAM(c, tuple(train.images.shape[1:]), self.num_classes, encoder_spec(c.encoder, sensor).input_shape)
-        init_encoder(ram.what, c.encoder)
-        self.model = RAMClassifier(ram, c.eval_samples).to(device)
-        self.init_fingerprint = fingerprint(self.model)
-        self.net = self.model
-        groups = param_groups(self.model, ram.what, c.encoder, c.optim.lr, c.optim.weight_decay)
-        self.optimizer = make_optimizer(groups, c.optim)
-        self.schedule = make_schedule(self.optimizer, c.schedule, config.train.epochs)
-        self.ema = EMA(self.model, c.ema_decay) if c.ema_decay else None
-        self.best = copy.deepcopy(self.eval_model.state_dict())
-        self.state = EpochState()
+        return RAMClassifier(ram, c.eval_samples), ram.what
 
     def train_epoch(self, logger: RunLogger) -> None:
         """One pass of the hybrid loss over shuffled batches; the classification task's batches and augmentation."""
@@ -133,16 +90,17 @@ class RAMTrainer(ClassificationTrainer):
                 totals += torch.stack([losses["classification"].detach() * n, losses["reward"] * n, n])
             if state.step % config.logger.log_every == 0:
                 row = {"epoch": state.epoch, **{f"train/{k}": v.item() for k, v in losses.items()}}
-                row["train/lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_mult"]
+                row["train/lr"] = base_lr(self.optimizer)
                 logger.log(state.step, row)
                 logger.progress(state.step, epoch=state.epoch, reward=f"{row['train/reward']:.3f}")
-        state.train_images += int(totals[2].item())
+        state.train_examples += int(totals[2].item())
         state.train_time_s += time.perf_counter() - start
         self.epoch_train = {"loss": (totals[0] / totals[2]).item(), "acc": (totals[1] / totals[2]).item()}
 
-    def end_epoch(self, logger: RunLogger) -> None:
-        """The classification task's validation (Monte Carlo), then the mean-location accuracy and the figures."""
-        super().end_epoch(logger)
+    def end_epoch(self, val: dict[str, float], logger: RunLogger) -> None:
+        """The classification task's epoch end (Monte-Carlo validation), then the mean-location accuracy and the
+        figures."""
+        super().end_epoch(val, logger)
         val = self.data["val"]
         row = {"epoch": self.state.epoch, **{f"val/{k}_mean_location": v for k, v in self.mean_location(val).items()}}
         logger.log(self.state.step, row)
@@ -171,9 +129,8 @@ class RAMTrainer(ClassificationTrainer):
             self.state.step,
         )
 
-    def run(self, run_dir: Path, logger: RunLogger) -> dict:
-        self.run_dir = run_dir
-        summary = super().run(run_dir, logger)
+    def summary(self) -> dict:
+        summary = super().summary()
         test = self.mean_location(self.data["test"], self.best_model())
         return {
             **summary,

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import restore_vector_env, snapshot_vector_env
-from envs.atari import learning_signals
 from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, reading_checkpoint, save_checkpoint
 from rl_lab.config import Config
+from rl_lab.envs import restore_vector_env, snapshot_vector_env
+from rl_lab.envs.atari import learning_signals
 from rl_lab.errors import UserError
-from rl_lab.evaluation import eval_stats, evaluate
+from rl_lab.figures import plot_learning_curve
 from rl_lab.logger import RunLogger
+from rl_lab.rl.evaluation import eval_stats, evaluate, format_eval_table
 from rl_lab.seeding import rng_state, set_rng_state
 
 RECENT_EPISODES = 20  # episodes averaged for the logged training return
@@ -52,12 +53,44 @@ class EnvLoop:
         self.obs, infos = envs.reset(seed=config.seed)
         self.signals.start(infos)
 
-    def evaluate(self) -> dict[str, float]:
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.total_steps
+
+    def evaluate(self, episodes: int | None = None, epsilon: float | None = None, seed: int | None = None) -> dict:
+        """The agent's greedy (or epsilon-greedy) returns on fresh evaluation envs; defaults from `eval.*`."""
         c = self.config
-        result = evaluate(
-            self.agent.greedy, c.env.id, c.eval.episodes, c.seed + c.eval.seed_offset, c.eval.epsilon, c.env.kwargs
+        episodes = episodes or c.eval.episodes
+        epsilon = c.eval.epsilon if epsilon is None else epsilon
+        seed = c.seed + c.eval.seed_offset if seed is None else seed
+        return eval_stats(evaluate(self.agent.greedy, c.env.id, episodes, seed, epsilon, c.env.kwargs), c.env.id)
+
+    def evaluate_checkpoint(self, checkpoint: Path, episodes=None, epsilon=None, seed=None) -> tuple[dict, str]:
+        """`rl-lab eval`: the checkpoint's agent re-evaluated, and its table."""
+        step = self._load_weights(checkpoint)["step"]
+        c = self.config
+        stats = self.evaluate(episodes, epsilon, seed)
+        epsilon = c.eval.epsilon if epsilon is None else epsilon
+        title = f"{checkpoint.parent.parent} at step {step} ({c.env.id}, epsilon {epsilon})"
+        return stats, format_eval_table(title, stats)
+
+    def report(self, summary: dict, run_dir: Path) -> str:
+        """The learning curve (plots/learning_curve.png) and the final evaluation as a table."""
+        c = self.config
+        curve = plot_learning_curve(
+            run_dir / "metrics.jsonl",
+            run_dir / "plots" / "learning_curve.png",
+            f"{c.agent.name} on {c.env.id} (seed {c.seed})",
         )
-        return eval_stats(result, c.env.id)
+        title = f"Final evaluation: {c.agent.name} on {c.env.id}, {summary['env_steps']} steps"
+        return "\n".join(
+            [
+                format_eval_table(title, summary["final_eval"]),
+                f"training: {summary['wall_time_s']:.1f} s, {summary['sps']:.0f} steps/s",
+                f"run dir: {run_dir}",
+                f"learning curve: {curve}",
+            ]
+        )
 
     def track_episodes(self, rewards: np.ndarray, done: np.ndarray, counted: np.ndarray | None = None) -> None:
         """Running raw returns and lengths; a finished episode counts unless `counted` masks it out."""
@@ -121,6 +154,16 @@ class EnvLoop:
         }
         torch_state = {"agent": self.agent.state_dict(), "rng": tensor_rng, **tensors}
         save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
+
+    def load_weights(self, checkpoint: Path):
+        """The agent with the trained weights of `checkpoint` (no optimiser state), ready to act."""
+        self._load_weights(checkpoint)
+        return self.agent
+
+    def _load_weights(self, checkpoint: Path) -> dict:
+        torch_state, _, meta = load_checkpoint(checkpoint, self.agent.device)
+        self.agent.load_state_dict(torch_state["agent"], weights_only=True)
+        return meta
 
     def resume(self, run_dir: Path) -> None:
         """Load the latest checkpoint: agent, RNGs, counters, the envs' episodes in progress and the extras."""

@@ -34,7 +34,7 @@ def _network(obj) -> nn.Module:
 
 def _agent_data(config, agent, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n observations from greedy episodes of the trained agent, labelled with its greedy actions."""
-    from envs import make_env
+    from rl_lab.envs import make_env
 
     env = make_env(config.env.id, **config.env.kwargs)
     obs, _ = env.reset(seed=config.seed + config.eval.seed_offset)
@@ -50,31 +50,28 @@ def _agent_data(config, agent, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def diagnose(run_dir: str | Path, only: list[str] | None = None, n: int = 500, out: str | Path | None = None):
-    from rl_lab.backbone.transfer import load_run
-    from rl_lab.checkpoint import load_checkpoint
     from rl_lab.config import TaskConfig
     from rl_lab.diagnostics import DIAGNOSTICS
+    from rl_lab.runs import open_run
 
-    run_dir = Path(run_dir)
     unknown = sorted(set(only or ()) - set(DIAGNOSTICS))
     if unknown:
         raise UserError(f"unknown diagnostic(s) {unknown}; choose from {', '.join(DIAGNOSTICS)}")
     if n < 20:
         raise UserError(f"--n {n}: need at least 20 examples")
-    config, checkpoint, trainer = load_run(run_dir)
-    if isinstance(config, TaskConfig):
-        at_init = copy.deepcopy(trainer.model).eval()
-        trained = trainer.load_weights(checkpoint)
-        val = trainer.data["val"]
+    run = open_run(run_dir)
+    checkpoint = run.checkpoint  # found before the trainer is built
+    if isinstance(run.config, TaskConfig):
+        at_init = copy.deepcopy(run.trainer.model).eval()
+        trained = run.trainer.load_weights(checkpoint)
+        val = run.trainer.data["val"]
         images, labels = val.images[:n], val.labels[:n]
     else:
-        agent = trainer.agent
-        at_init = copy.deepcopy(_network(agent))
-        torch_state, _, _ = load_checkpoint(checkpoint, agent.device)
-        agent.load_state_dict(torch_state["agent"], weights_only=True)
+        at_init = copy.deepcopy(_network(run.trainer.agent))
+        agent = run.trainer.load_weights(checkpoint)
         trained = _network(agent)
-        images, labels = _agent_data(config, agent, n)
-    out_dir = Path(out) if out else run_dir / "diagnostics"
+        images, labels = _agent_data(run.config, agent, n)
+    out_dir = Path(out) if out else run.dir / "diagnostics"
     results = {}
     for name in only or list(DIAGNOSTICS):
         model = at_init if name in AT_INIT else trained
@@ -86,7 +83,7 @@ def diagnose(run_dir: str | Path, only: list[str] | None = None, n: int = 500, o
             print(f"{name:<17} skipped: {err}")
             continue
         print(f"{name:<17} {_brief(results[name])}")
-    print(f"diagnostics of {run_dir} ({len(labels)} examples) in {out_dir}")
+    print(f"diagnostics of {run.dir} ({len(labels)} examples) in {out_dir}")
     return results
 
 

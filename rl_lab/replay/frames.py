@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rl_lab.errors import UserError
-from rl_lab.replay import Batch, check_memory, nstep_returns, to_device
+from rl_lab.replay.uniform import Batch, check_memory, nstep_returns, to_device
 
 
 class FrameReplay:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs import make_env
-from envs.atari import DEFAULTS, is_atari
+from rl_lab.envs import make_env
+from rl_lab.envs.atari import DEFAULTS, is_atari
+from rl_lab.logger import init_wandb, resolve_wandb_mode
 
 
 def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: float, path: Path) -> dict:
@@ -40,8 +41,6 @@ def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: fl
 
 def log_videos(run_dir: Path, config, paths: list[Path]) -> bool:
     """Log mp4 files to the run's W&B run (continued by its saved id); False when W&B is off or fails."""
-    from rl_lab.logger import init_wandb, resolve_wandb_mode
-
     w = config.logger.wandb
     mode = resolve_wandb_mode(w.mode)
     if mode == "disabled":

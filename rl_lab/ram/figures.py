@@ -9,19 +9,19 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from rl_lab.glimpse import pixel_centres
-from rl_lab.plots import plt  # the lab's matplotlib, already on the Agg backend
-
-COLOURS = plt.get_cmap("autumn")
+from rl_lab.figures import pyplot, save_figure
+from rl_lab.ram.sensor import pixel_centres
 
 
 def _draw(ax, image: np.ndarray, path: np.ndarray, sides: list[int], upto: int, title: str) -> None:
     """image (H, W) in [0, 1]; path (T, 2) of integer (row, col) centres; glimpses 0..upto-1 drawn."""
+    plt = pyplot()
+    colours = plt.get_cmap("autumn")
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     steps = len(path)
     ax.plot(path[:upto, 1], path[:upto, 0], "-", color="cyan", linewidth=1, alpha=0.7)
     for t in range(upto):
-        colour = COLOURS(t / max(steps - 1, 1))
+        colour = colours(t / max(steps - 1, 1))
         row, col = path[t]
         for i, side in enumerate(sides if t == upto - 1 else sides[:1]):  # every scale of the newest glimpse
             corner = (col - side // 2 - 0.5, row - side // 2 - 0.5)
@@ -37,13 +37,12 @@ def _figure(images, paths, titles, sides, upto):
     n = len(images)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), dpi=90, squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), dpi=90, squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k < n:
             _draw(ax, images[k], paths[k], sides, upto, titles[k])
         else:
             ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -69,15 +68,14 @@ def glimpse_figures(
     pictures = images.mean(1).cpu().numpy()  # grey, whatever the channels
     titles = [f"label {y}, predicted {p}" for y, p in zip(labels.tolist(), predictions.tolist(), strict=True)]
     png, gif = out_dir / "glimpses.png", out_dir / "glimpses.gif"
-    fig = _figure(pictures, paths, titles, sides, steps)
-    fig.savefig(png)
-    plt.close(fig)
+    save_figure(_figure(pictures, paths, titles, sides, steps), png)
     frames = []
     for upto in range(1, steps + 1):
         fig = _figure(pictures, paths, titles, sides, upto)
+        fig.tight_layout()
         fig.canvas.draw()
         frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        plt.close(fig)
+        pyplot().close(fig)
     imageio.mimsave(gif, frames, duration=0.6, loop=0)
     _to_wandb(png, gif, step)
     return png, gif

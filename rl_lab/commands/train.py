@@ -1,0 +1,56 @@
+"""`rl-lab train CONFIG [key=value ...]`, `rl-lab train --resume RUN_DIR` and `rl-lab eval RUN_DIR`: a run's life
+from the command line, told to the user (rl_lab.runs does the work)."""
+
+from __future__ import annotations
+
+from rl_lab import runs
+from rl_lab.errors import UserError
+
+
+def train(config_path: str, overrides: list[str]) -> dict:
+    run = runs.start_run(config_path, overrides)
+    return _train(run, resume=False)
+
+
+def resume(run_dir: str) -> dict:
+    run, checkpoint = runs.reopen_run(run_dir)
+    print(f"resuming {run.dir} from {checkpoint.name}")
+    return _train(run, resume=True)
+
+
+def _train(run: runs.Run, resume: bool) -> dict:
+    summary = runs.train(run, resume)
+    if runs.distributed.is_main_process():
+        print(run.trainer.report(summary, run.dir))
+    return summary
+
+
+def evaluate(run_dir: str, episodes: int | None, epsilon: float | None, seed: int | None, video: int = 0) -> dict:
+    """Re-evaluate a run's latest checkpoint and print a table; `video` env episodes go to RUN_DIR/videos/."""
+    if episodes is not None and episodes < 1:
+        raise UserError(f"--episodes {episodes}: must be >= 1")
+    if video < 0:
+        raise UserError(f"--video {video}: must be >= 0")
+    run = runs.open_run(run_dir)
+    checkpoint = run.checkpoint
+    options = {"episodes": episodes, "epsilon": epsilon, "seed": seed} if hasattr(run.config, "env") else {}
+    result, table = run.trainer.evaluate_checkpoint(checkpoint, **options)
+    print(table)
+    if video and hasattr(run.config, "env"):
+        _videos(run, video, epsilon, seed)
+    return result
+
+
+def _videos(run: runs.Run, count: int, epsilon: float | None, seed: int | None) -> None:
+    from rl_lab.rl.video import log_videos, record_episode
+
+    c, agent = run.config, run.trainer.agent
+    epsilon = c.eval.epsilon if epsilon is None else epsilon
+    seed = c.seed + c.eval.seed_offset if seed is None else seed
+    paths = []
+    for i in range(count):  # checkpoints are named step_<N>, so are the videos of their agents
+        path = run.dir / "videos" / f"eval-{run.checkpoint.name}-seed_{seed + i}.mp4"
+        clip = record_episode(agent.greedy, c.env.id, dict(c.env.kwargs), seed + i, epsilon, path)
+        print(f"video: {path} (return {clip['return']:.1f}, {clip['length']} steps)")
+        paths.append(path)
+    log_videos(run.dir, c, paths)

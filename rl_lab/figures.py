@@ -1,0 +1,161 @@
+"""The lab's figures, and the one way it gets matplotlib and writes a figure.
+
+`pyplot()` imports matplotlib.pyplot on first use (importing this module does not import matplotlib); it selects
+the Agg backend only when the lab draws headless: nobody chose a backend (no MPLBACKEND, matplotlibrc entry,
+matplotlib.use or earlier pyplot import, so a notebook keeps its own) and there is no display. `save_figure`
+lays out, writes (making the directory) and closes a figure; every figure of the lab goes through it.
+
+    plot_learning_curve    an agent run's training and evaluation returns (plots/learning_curve.png)
+    plot_grid_values       grid-world values and policies side by side (rl-lab solve)
+    plot_confusion_matrix  a classification run's test confusion matrix (confusion_matrix counts it)
+    plot_epochs            a classification run's accuracy and loss per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend when the lab draws headless and nobody chose a backend."""
+    if "matplotlib.pyplot" not in sys.modules and _headless():
+        import matplotlib
+
+        if matplotlib.rcParams._get_backend_or_none() is None:  # None: no MPLBACKEND, rc file entry or use()
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _headless() -> bool:
+    """No display to open a window on (Linux and the BSDs without X11 or Wayland; macOS and Windows have one)."""
+    if sys.platform in ("darwin", "win32", "cygwin"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def save_figure(fig, out_path: str | Path, **savefig_kwargs) -> Path:
+    """Lay out, write (making the directory) and close a figure; savefig_kwargs go to fig.savefig."""
+    out_path = Path(out_path)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, **savefig_kwargs)
+    pyplot().close(fig)
+    return out_path
+
+
+def plot_learning_curve(metrics_path: Path, out_path: Path, title: str) -> Path:
+    """Training episode return (recent mean) and evaluation return (mean +/- std) against environment steps."""
+    plt = pyplot()
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["train/episode_return"]) for r in rows if "train/episode_return" in r]
+    evals = [(r["step"], r["eval/return_mean"], r["eval/return_std"]) for r in rows if "eval/return_mean" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        steps, values = zip(*train, strict=True)
+        ax.plot(steps, values, label="train episode return (recent mean)", color="tab:blue", alpha=0.8)
+    if evals:
+        steps, means, stds = zip(*evals, strict=True)
+        low = [m - s for m, s in zip(means, stds, strict=True)]
+        high = [m + s for m, s in zip(means, stds, strict=True)]
+        ax.plot(steps, means, "o-", label="eval return (mean ± std)", color="tab:orange")
+        ax.fill_between(steps, low, high, color="tab:orange", alpha=0.2)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return save_figure(fig, out_path)
+
+
+def plot_grid_values(grid, panels: list[tuple[str, object, object]], out_path: Path, title: str) -> Path:
+    """Grid-world panels side by side, each (name, V[s], policy[s, a]): V as a heatmap with its numbers, the
+    policy as arrows (every action with probability > 0); walls black, terminal cells grey, as in the lecture."""
+    from rl_lab.envs.gridworld import MOVES
+
+    plt = pyplot()
+    height, width = grid.shape
+    cells, live = grid.cells, ~grid.terminal
+    size = (max(3.0, 0.6 * width + 1.2), max(2.5, 0.6 * height + 0.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]), dpi=120, squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.1")  # walls
+    fontsize = max(4, 9 - max(height, width) // 3)
+    for ax, (name, values, policy) in zip(axes[0], panels, strict=True):
+        values, policy = np.asarray(values, dtype=float), np.asarray(policy, dtype=float)
+        image = np.full((height, width), np.nan)
+        image[cells[live, 0], cells[live, 1]] = values[live]
+        shown = ax.imshow(image, cmap=cmap)
+        for i, j in cells[~live]:
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.65"))
+            ax.text(j, i, "T", ha="center", va="center", fontsize=fontsize + 2)
+        for (i, j), v in zip(cells[live], values[live], strict=True):
+            ax.text(j, i - 0.3, f"{v:.1f}", ha="center", va="center", fontsize=fontsize, color="white")
+        states, actions = np.nonzero((policy > 0) & live[:, None])
+        dy, dx = MOVES[actions].T
+        ax.quiver(  # each arrow starts a little off the centre so that several stay apart
+            cells[states, 1] + 0.1 * dx,
+            cells[states, 0] + 0.1 + 0.1 * dy,
+            0.25 * dx,
+            0.25 * dy,
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            color="white",
+            width=0.012,
+        )
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_path)
+
+
+def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    return counts
+
+
+def plot_confusion_matrix(counts: np.ndarray, class_names: list[str], out_path: Path, title: str) -> Path:
+    """counts[true, predicted] as a heatmap, each non-zero cell with its count."""
+    n = len(class_names)
+    fig, ax = pyplot().subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n), dpi=120)
+    ax.imshow(counts, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                color = "white" if counts[i, j] > counts.max() / 2 else "black"
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(n), class_names, rotation=90 if n > 12 else 0)
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, out_path)
+
+
+def plot_epochs(metrics_path: Path, out_path: Path, title: str) -> Path:
+    """Train and validation accuracy and loss against epochs, from the per-epoch lines of metrics.jsonl."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "val/acc" in r]
+    fig, (acc_ax, loss_ax) = pyplot().subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    epochs = [r["epoch"] for r in rows]
+    for split, key in (("train", "train/epoch_"), ("val", "val/")):
+        acc_ax.plot(epochs, [r[f"{key}acc"] for r in rows], "o-", label=split, markersize=3)
+        loss_ax.plot(epochs, [r[f"{key}loss"] for r in rows], "o-", label=split, markersize=3)
+    acc_ax.set_ylabel("accuracy")
+    loss_ax.set_ylabel("cross-entropy")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_path)
