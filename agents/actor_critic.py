@@ -34,6 +34,7 @@ class A2C(PolicyGradientAgent):
 
     def update(self, rollout: Rollout, step: int) -> dict[str, float]:
         cfg = self.cfg
+        self.net.train()  # batch statistics and dropout while learning; acting is in eval mode
         advantages, returns = self.advantages(rollout)
         if cfg.normalize_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -1,6 +1,6 @@
 """Every agent's settings (`agent.*` in a config), as plain dataclasses with no torch, so a config can be read,
 checked and printed (`rl-lab config`) without loading the algorithms. Each is read by its agent's file only:
-DQNConfig by agents/dqn.py, REINFORCEConfig by agents/reinforce.py, and so on.
+DQNConfig by agents/dqn.py, REINFORCEConfig by agents/reinforce.py, PPOConfig by agents/ppo.py, and so on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ class DQNConfig:
     buffer_size: int = 100_000
     batch_size: int = 64
     learning_starts: int = 1_000  # environment steps of random-ish play before the first update
-    train_freq: int = 4  # environment steps between training phases
+    # environment steps (summed over envs) between training phases: gradient_steps / train_freq gradient steps
+    # per env step whatever env.num_envs is (8 envs, train_freq 4: two phases per step of the vector env)
+    train_freq: int = 4
     gradient_steps: int = 1  # gradient steps per training phase
     target_update_interval: int = 1_000  # environment steps between target-network updates
     tau: float = 1.0  # 1 = hard copy; < 1 = Polyak averaging target <- tau * online + (1 - tau) * target
@@ -33,7 +35,9 @@ class DQNConfig:
     n_step: int = 1  # bootstrap after n rewards: sum_k gamma^k r_k + gamma^n max_a Q(s_n, a)
     prioritized: bool = False  # proportional prioritized replay
     per_alpha: float = 0.5  # priority exponent (0 = uniform)
-    per_beta: float = 0.4  # importance-sampling exponent at the start, annealed to 1 over train.total_steps
+    # importance-sampling exponent at the start, annealed to 1 over train.total_steps; the weights are divided by
+    # the largest one over the buffer (Schaul et al. 2016), and priorities are refreshed after each gradient step
+    per_beta: float = 0.4
     per_eps: float = 1e-6  # added to |TD error| so no transition gets priority 0
     replay_device: Literal["cpu", "train"] = "cpu"  # "train": keep Atari frames on the training device (GPU)
     compile: bool = False  # torch.compile the Q-network (worth it on a GPU)
@@ -123,6 +127,37 @@ class A2CConfig(PolicyGradientConfig):
         super().__post_init__()
         check(self.n_steps >= 1, "n_steps", "must be >= 1")
         check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "must be in [0, 1]")
+
+
+@dataclass
+class PPOConfig(PolicyGradientConfig):
+    """PPO-clip (agents/ppo.py). Defaults: CleanRL's / SB3's (n_steps 128 is CleanRL's Atari rollout)."""
+
+    name: str = "ppo"
+    n_steps: int = 128  # rollout length per env; a rollout holds n_steps * env.num_envs samples
+    epochs: int = 4  # passes over each rollout
+    batch_size: int = 256  # samples per minibatch; a recurrent policy takes batch_size // seq_len env sequences
+    seq_len: int | None = None  # recurrent policies: sequence length of a minibatch (null: n_steps, whole rollouts)
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2  # epsilon of the clipped surrogate
+    clip_range_end: float | None = None  # if set, epsilon decays linearly to it over train.total_steps
+    clip_value: float | None = None  # if set, the value loss is the larger of the plain and clipped errors
+    target_kl: float | None = None  # stop the update at a minibatch whose approximate KL exceeds 1.5 * target_kl
+    normalize_advantages: bool = True  # per minibatch: zero mean, unit std
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.n_steps >= 1, "n_steps", "must be >= 1")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if self.seq_len is not None:
+            check(1 <= self.seq_len <= self.n_steps, "seq_len", f"must be in [1, n_steps={self.n_steps}] or null")
+            check(self.n_steps % self.seq_len == 0, "seq_len", f"must divide n_steps={self.n_steps}")
+        check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "must be in [0, 1]")
+        check(self.clip_range > 0, "clip_range", "must be > 0")
+        check(self.clip_range_end is None or self.clip_range_end >= 0, "clip_range_end", "must be >= 0 or null")
+        check(self.clip_value is None or self.clip_value > 0, "clip_value", "must be > 0 or null")
+        check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
 
 
 @dataclass

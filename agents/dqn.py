@@ -25,7 +25,7 @@ from rl_lab.optim import anneal, autocast, make_optimizer
 from rl_lab.replay.frames import FrameReplay
 from rl_lab.replay.prioritized import Prioritized
 from rl_lab.replay.uniform import Batch, ReplayBuffer
-from rl_lab.schedules import crossed, linear_schedule
+from rl_lab.schedules import linear_schedule, multiples
 
 
 class DuelingHead(nn.Module):
@@ -80,6 +80,7 @@ class DQN:
         self.target_net = QNetwork(spec, self.n_actions, cfg.dueling).to(device)
         self.target_net.load_state_dict(self.q_net.state_dict())
         self.target_net.requires_grad_(False)
+        self.target_net.eval()  # only ever evaluated: running statistics, no dropout
         # compiled callables share the modules' parameters; state_dict() stays that of the plain modules
         self.q_fn = torch.compile(self.q_net) if cfg.compile else self.q_net
         self.target_fn = torch.compile(self.target_net) if cfg.compile else self.target_net
@@ -89,11 +90,12 @@ class DQN:
         """The replay this agent learns from, built from its own settings. Stacked Atari frames (the env reports
         its stack padding, "repeat" or "zero") are stored once each; other observations whole."""
         c = self.cfg
+        size = min(c.buffer_size, self.total_steps)  # no more than the run can ever store
         if frame_padding is not None:
             storage = self.device if c.replay_device == "train" else "cpu"
-            buffer = FrameReplay(c.buffer_size, self.obs_shape, num_envs, c.n_step, c.gamma, frame_padding, storage)
+            buffer = FrameReplay(size, self.obs_shape, num_envs, c.n_step, c.gamma, frame_padding, storage)
         else:
-            buffer = ReplayBuffer(c.buffer_size, self.obs_shape, self.obs_dtype, n_step=c.n_step, gamma=c.gamma)
+            buffer = ReplayBuffer(size, self.obs_shape, self.obs_dtype, n_step=c.n_step, gamma=c.gamma)
         return Prioritized(buffer, c.per_alpha, c.per_eps) if c.prioritized else buffer
 
     def epsilon(self, step: int) -> float:
@@ -102,7 +104,9 @@ class DQN:
 
     @torch.inference_mode()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
-        """One batched forward pass for all N envs (and a non-blocking copy to a GPU)."""
+        """One batched forward pass for all N envs (and a non-blocking copy to a GPU), in eval mode: with batch
+        norm or dropout in the encoder, one observation's Q-values do not depend on the rest of the batch."""
+        self.q_net.eval()
         obs = torch.from_numpy(np.asarray(obs))
         if self.device.type == "cuda":
             obs = obs.pin_memory().to(self.device, non_blocking=True)
@@ -171,29 +175,57 @@ class DQN:
                 torch._foreach_lerp_(target, online, self.cfg.tau)
 
     def train(self, buffer, step: int, steps_taken: int, rng: np.random.Generator) -> dict | None:
-        """Called after every env step: updates the target net and runs a training phase when they are due."""
+        """Called after each step of the N envs (`steps_taken` = N env steps, ending at env step `step`): the
+        target updates and training phases that fell due in those steps, in order. So the replay ratio is
+        gradient_steps / train_freq gradient steps per env step whatever N is: 8 envs with train_freq 4 run two
+        phases per vector step. Phases with no target update between them run as one. Returns the mean loss and
+        Q of this call's gradient steps, or None when none was due."""
         c = self.cfg
-        if crossed(step, steps_taken, c.target_update_interval):
+        first = step - steps_taken + 1
+        updates = [(s, 0) for s in multiples(first, step, c.target_update_interval)]
+        phases = [(s, 1) for s in multiples(max(first, c.learning_starts), step, c.train_freq)]
+        losses, q_means, due, last = [], [], 0, step
+        for s, is_phase in sorted(updates + phases):  # at the same step the target update comes first
+            if is_phase:
+                due, last = due + 1, s
+                continue
+            if due:
+                self.phase(buffer, last, due * c.gradient_steps, rng, losses, q_means)
+                due = 0
             self.update_target()
-        if step < c.learning_starts or not crossed(step, steps_taken, c.train_freq):
+        if due:
+            self.phase(buffer, last, due * c.gradient_steps, rng, losses, q_means)
+        if not losses:
             return None
-        # All batches of this phase are sampled at once, and since the target net cannot change during a phase,
-        # Q_target(s', .) for all of them comes from one forward pass. Double DQN still needs the online net's
-        # argmax at each step; plain DQN targets are then complete before the first step.
+        return {"loss": torch.stack(losses).mean().item(), "q_mean": torch.stack(q_means).mean().item()}
+
+    def phase(self, buffer, step: int, gradient_steps: int, rng, losses: list, q_means: list) -> None:
+        """`gradient_steps` updates at env step `step`; appends each one's loss and mean Q to the lists."""
+        c = self.cfg
+        self.q_net.train()  # batch statistics and dropout while learning; acting is in eval mode
         anneal(self.optimizer, c.optim, step, self.total_steps)
         if c.prioritized:
+            # each batch is drawn after the previous step's TD errors have updated the priorities
             buffer.beta = linear_schedule(c.per_beta, 1.0, self.total_steps, step)
-        batches = buffer.sample((c.gradient_steps, c.batch_size), rng, self.device)
+            for _ in range(gradient_steps):
+                batch = buffer.sample(c.batch_size, rng, self.device)
+                target = self.td_target(batch.rewards, batch.next_obs, batch.terminated, discount=batch.discount)
+                q_taken = self.gradient_step(batch, target, losses, q_means)
+                buffer.update_priorities(batch.indices, (target - q_taken).cpu().numpy())
+            return
+        # Without priorities all batches are sampled at once, and since the target net cannot change during a
+        # phase, Q_target(s', .) for all of them comes from one forward pass. Double DQN still needs the online
+        # net's argmax at each step; plain DQN targets are then complete before the first step.
+        batches = buffer.sample((gradient_steps, c.batch_size), rng, self.device)
         with torch.no_grad(), self.autocast():
             next_q_target = self.target_fn(batches.next_obs.reshape(-1, *self.obs_shape)).float()
-            next_q_target = next_q_target.reshape(c.gradient_steps, c.batch_size, self.n_actions)
+            next_q_target = next_q_target.reshape(gradient_steps, c.batch_size, self.n_actions)
         targets = None
         if not c.double_dqn:
             targets = self.td_target(
                 batches.rewards, batches.next_obs, batches.terminated, next_q_target, batches.discount
             )
-        losses, q_means = [], []
-        for g in range(c.gradient_steps):
+        for g in range(gradient_steps):
             batch = batches.row(g)
             if targets is None:
                 target = self.td_target(
@@ -201,17 +233,20 @@ class DQN:
                 )
             else:
                 target = targets[g]
-            loss, q_taken = self.loss(batch, target)
-            if c.prioritized:
-                buffer.update_priorities(batch.indices, (target - q_taken).detach().cpu().numpy())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if c.optim.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.q_net.parameters(), c.optim.grad_clip)
-            self.optimizer.step()
-            losses.append(loss.detach())
-            q_means.append(q_taken.detach().mean())
-        return {"loss": torch.stack(losses).mean().item(), "q_mean": torch.stack(q_means).mean().item()}
+            self.gradient_step(batch, target, losses, q_means)
+
+    def gradient_step(self, batch: Batch, target: torch.Tensor, losses: list, q_means: list) -> torch.Tensor:
+        """One optimiser step on the TD loss; returns Q(s, a) of the batch (detached)."""
+        loss, q_taken = self.loss(batch, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.q_net.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        losses.append(loss.detach())
+        q_taken = q_taken.detach()
+        q_means.append(q_taken.mean())
+        return q_taken
 
     def state_dict(self) -> dict:
         return {

@@ -1,4 +1,4 @@
-"""What REINFORCE and A2C have in common: the policy network (and critic), its optimiser, greedy acting, one
+"""What REINFORCE, A2C and PPO have in common: the policy network (and critic), its optimiser, greedy acting, one
 gradient step, and checkpoint state. Rollouts are collected by rl_lab.rl.onpolicy; each agent writes its loss.
 """
 

@@ -47,6 +47,7 @@ class REINFORCE(PolicyGradientAgent):
 
     def update(self, rollout: Rollout, step: int) -> dict[str, float]:
         cfg, valid = self.cfg, rollout.valid
+        self.net.train()  # batch statistics and dropout while learning; acting is in eval mode
         dist, values, _ = self.net(rollout.obs, rollout.state, rollout.starts)
         returns, advantages = reinforce_weights(cfg, rollout, values, float(self.moving_average))
         returns, advantages = returns[valid], advantages[valid]

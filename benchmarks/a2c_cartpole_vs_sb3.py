@@ -1,17 +1,20 @@
 """A2C on CartPole-v1: stable-baselines3 (RL-Zoo settings) vs our A2C, with our REINFORCE beside them.
 
-Measured: env steps and wall-clock until the 20-episode greedy mean first reaches 475, and the solve rate.
+Measured: env steps and wall-clock until the 20-episode greedy mean first reaches 475, the solve rate, and over the
+seeds (benchmarks/seed_stats.py, as `rl-lab compare`): IQM of the final return and IQM of the env steps to solve,
+with 95 % stratified bootstrap CIs, and the probabilities that ours beats SB3.
   (a) sb3        stable-baselines3 A2C, RL-Zoo CartPole-v1 settings (8 envs, ent_coef 0, the rest SB3's defaults),
                  at most 500k steps, one torch thread like our configs
   (b) a2c        our A2C, configs/cartpole_a2c.yaml (its own step budget)
   (c) reinforce  our REINFORCE with the learned value baseline, configs/cartpole_reinforce.yaml
 Every `--eval-every` env steps each trial pauses, evaluates 20 greedy episodes on fresh envs seeded seed + 10000
-through rl_lab.rl.evaluation (the same code for both libraries), and stops at the first mean >= 475. Evaluation time is
-excluded from the wall-clock; construction is included, imports are not. Trials run one at a time, each in a fresh
+through rl_lab.rl.evaluation (the same code for both libraries), and stops at the first mean >= 475 (the final return;
+a trial that never solves is evaluated once more at its end). Evaluation time is excluded from the wall-clock;
+construction is included, imports are not. Trials run one at a time, each in a fresh
 subprocess, variants interleaved per seed (their order rotating) so machine load hits all alike.
 
-    .venv/bin/python benchmarks/a2c_cartpole_vs_sb3.py --seeds 0 1 2 3 4 --out docs/a2c_cartpole_vs_sb3.json
-    .venv/bin/python benchmarks/a2c_cartpole_vs_sb3.py --quick     # smoke test: seed 0, 3000 steps at most
+    .venv/bin/python benchmarks/a2c_cartpole_vs_sb3.py --seeds 0-9 --out docs/a2c_cartpole_vs_sb3.json
+    .venv/bin/python benchmarks/a2c_cartpole_vs_sb3.py --quick     # smoke test: seed 0 (or --seeds), 3000 steps at most
 
 stable-baselines3 is imported only here (pip install -e ".[bench]").
 """
@@ -29,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from seed_stats import SolveWatch, judge, rows_from_trials, seeds_argument
+from seed_stats import table as stats_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SB3_STEPS = 500_000
-EVAL_EPISODES = 20
-EVAL_SEED_OFFSET = 10_000
-SOLVED = 475.0
 TARGET_RATIO = 0.5  # (b) / (a), steps and wall-clock to solve, at most
 VARIANTS = {
     "a": ("sb3", "-", "(a) SB3 A2C, RL-Zoo settings"),
@@ -42,35 +45,18 @@ VARIANTS = {
 }
 
 
-class SolveWatch:
-    """Evaluates every `every` env steps, keeps the evaluation time apart, and says when the policy is solved."""
-
-    def __init__(self, seed: int, every: int):
-        self.seed, self.every, self.next = seed, every, every
-        self.eval_s, self.evals, self.solved_at = 0.0, [], None
-
-    def due(self, step: int) -> bool:
-        return step >= self.next
-
-    def check(self, policy, step: int) -> bool:
-        from rl_lab.rl.evaluation import evaluate
-
-        while self.next <= step:
-            self.next += self.every
-        start = time.perf_counter()
-        mean = float(evaluate(policy, "CartPole-v1", EVAL_EPISODES, self.seed + EVAL_SEED_OFFSET)["returns"].mean())
-        self.eval_s += time.perf_counter() - start
-        self.evals.append([step, round(mean, 1)])
-        if mean >= SOLVED:
-            self.solved_at = step
-        return self.solved_at is not None
-
-
 def warm_up_torch() -> None:
     """The first optimizer a process builds imports torch._dynamo (~1.5 s): pay it before the timer, alike for all."""
     import torch
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def final_return(watch: SolveWatch, policy, step: int) -> float:
+    """The mean return where the trial stopped: its solving evaluation, else one more at its last step."""
+    if watch.solved_at is None and (not watch.evals or watch.evals[-1][0] < step):
+        watch.check(policy, step)
+    return watch.evals[-1][1]
 
 
 def run_sb3(seed: int, every: int, max_steps: int) -> dict:
@@ -83,15 +69,12 @@ def run_sb3(seed: int, every: int, max_steps: int) -> dict:
 
     watch = SolveWatch(seed, every)
 
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
     class Stop(BaseCallback):
         def _on_step(self) -> bool:
-            if not watch.due(self.num_timesteps):
-                return True
-
-            def policy(obs: np.ndarray) -> np.ndarray:
-                return self.model.predict(obs, deterministic=True)[0]
-
-            return not watch.check(policy, self.num_timesteps)
+            return not (watch.due(self.num_timesteps) and watch.check(policy, self.num_timesteps))
 
     torch.set_num_threads(1)  # as our configs run (torch_threads: 1); two threads crawl on a loaded machine
     warm_up_torch()
@@ -102,6 +85,7 @@ def run_sb3(seed: int, every: int, max_steps: int) -> dict:
     return {
         "env_steps": int(model.num_timesteps),
         "wall_s": wall,
+        "final_return": final_return(watch, policy, int(model.num_timesteps)),
         "solved_at": watch.solved_at,
         "evals": watch.evals,
         "torch_threads": torch.get_num_threads(),
@@ -131,6 +115,7 @@ def run_ours(config: str, seed: int, every: int, max_steps: int | None) -> dict:
     return {
         "env_steps": trainer.state.step,
         "wall_s": wall,
+        "final_return": final_return(watch, trainer.agent.greedy, trainer.state.step),
         "solved_at": watch.solved_at,
         "evals": watch.evals,
         "torch_threads": torch.get_num_threads(),
@@ -187,12 +172,12 @@ def main() -> int:
         worker(sys.argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", help="seeds: 0-9, 0 1 2 or 0-4,9 (default 0-9; with --quick: 0)")
     parser.add_argument("--eval-every", type=int, default=5000, help="env steps between solve checks")
     parser.add_argument("--quick", action="store_true", help="smoke test: seed 0, at most 3000 steps per trial")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    seeds = [0] if args.quick else args.seeds
+    seeds = seeds_argument(args.seeds) if args.seeds else [0] if args.quick else list(range(10))
     every = 1000 if args.quick else args.eval_every
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
     print(f"command: {command}\nload average at start: {os.getloadavg()[0]:.2f}", flush=True)
@@ -206,7 +191,7 @@ def main() -> int:
                 if "error" not in trial:
                     print(
                         f"  seed {seed} {VARIANTS[key][2]:<46} solved at {trial['solved_at']}  "
-                        f"{trial['wall_s']:7.1f} s  ({trial['env_steps']} steps)",
+                        f"{trial['wall_s']:7.1f} s  ({trial['env_steps']} steps, return {trial['final_return']:.1f})",
                         flush=True,
                     )
     table = summarize(trials, seeds)
@@ -222,9 +207,11 @@ def main() -> int:
     for name, value in ratios.items():
         verdict = "n/a" if value is None else f"{value:.3f} ({'PASS' if value <= TARGET_RATIO else 'FAIL'})"
         print(f"(b)/(a) median {name} to solve: {verdict}   target <= {TARGET_RATIO}")
+    judged = judge(rows_from_trials(trials, {key: label for key, (_, _, label) in VARIANTS.items()}), "a")
+    print("\n" + stats_table(judged, "(a)"))
     if args.out:
         result = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": seeds, "eval_every": every}
-        result.update({"variants": table, "ratios": ratios, "trials": trials})
+        result.update({"variants": table, "ratios": ratios, "statistics": judged, "trials": trials})
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"results: {args.out}")
     return 1 if any("error" in t for t in trials) else 0

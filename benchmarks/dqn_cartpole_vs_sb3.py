@@ -7,10 +7,13 @@ Variants, interleaved per seed (their order rotates from seed to seed) so that m
 
 Every trial runs in a fresh subprocess of this script (`--worker`). Timed with time.perf_counter: construction +
 training (imports and the final evaluation excluded). Final score: 20 greedy episodes on fresh envs seeded
-seed + 10000, through rl_lab.rl.evaluation for both libraries. Solved: mean return >= 475.
+seed + 10000, through rl_lab.rl.evaluation for both libraries. Solved: mean return >= 475. Every `--eval-every` env
+steps (our configs' eval.every, 10000) both libraries evaluate the same way during training (inside the timed span,
+for both), which gives the env steps to solve. Over the seeds (benchmarks/seed_stats.py, as `rl-lab compare`):
+IQM of the final return and of the env steps to solve, with 95 % stratified bootstrap CIs, and P(ours beats SB3).
 
-    .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --seeds 0 1 2 3 4 --out docs/dqn_cartpole_vs_sb3.json
-    .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --quick          # smoke test: 3000 steps, seed 0
+    .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --seeds 0-9 --out docs/dqn_cartpole_vs_sb3.json
+    .venv/bin/python benchmarks/dqn_cartpole_vs_sb3.py --quick          # smoke test: 3000 steps, seed 0 (or --seeds)
 
 stable-baselines3 is imported only here (pip install -e ".[bench]").
 """
@@ -30,12 +33,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from seed_stats import EVAL_EPISODES, EVAL_SEED_OFFSET, SOLVED, SolveWatch, judge, rows_from_trials, seeds_argument
+from seed_stats import table as stats_table
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 50_000
 QUICK_STEPS = 3_000
-EVAL_EPISODES = 20
-EVAL_SEED_OFFSET = 10_000  # our eval.seed_offset; the SB3 model is evaluated on the same envs
-SOLVED = 475.0
+EVAL_EVERY = 10_000  # our configs' eval.every
 LOAD_WARNING = 0.5  # 1-minute load average above which the timings are flagged as unreliable
 TARGET_WALL_RATIO = 0.33  # (c) wall-clock / (a) wall-clock, at most
 TARGET_SPS_RATIO = 3.0  # (b) steps/s / (a) steps/s, at least
@@ -69,13 +73,25 @@ def warm_up_torch() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def run_sb3(seed: int, steps: int | None, device: str) -> dict:
+def run_sb3(seed: int, steps: int | None, device: str, every: int) -> dict:
     import numpy as np
     import stable_baselines3
     import torch
     from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
 
     from rl_lab.rl.evaluation import eval_stats, evaluate
+
+    watch = SolveWatch(seed, every)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    class Watch(BaseCallback):  # evaluations during training, timed as our loop's are
+        def _on_step(self) -> bool:
+            if watch.due(self.num_timesteps):
+                watch.check(policy, self.num_timesteps)
+            return True
 
     warm_up_torch()
     start = time.perf_counter()
@@ -98,18 +114,20 @@ def run_sb3(seed: int, steps: int | None, device: str) -> dict:
         verbose=0,
     )
     constructed = time.perf_counter()
-    model.learn(steps or STEPS)
+    model.learn(steps or STEPS, callback=Watch())
     wall = time.perf_counter() - start
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return model.predict(obs, deterministic=True)[0]
-
     final = eval_stats(evaluate(policy, "CartPole-v1", EVAL_EPISODES, seed + EVAL_SEED_OFFSET))
+    solved_at = watch.solved_at
+    if solved_at is None and final["return_mean"] >= SOLVED:
+        solved_at = int(model.num_timesteps)
     return {
         "wall_s": wall,
         "construct_s": constructed - start,
         "env_steps": int(model.num_timesteps),
         "return_mean": final["return_mean"],
+        "solved_at": solved_at,
+        "evals": watch.evals,
         "return_std": final["return_std"],
         "eval_episodes": final["episodes"],
         "torch_threads": torch.get_num_threads(),
@@ -117,7 +135,7 @@ def run_sb3(seed: int, steps: int | None, device: str) -> dict:
     }
 
 
-def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Path) -> dict:
+def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Path, every: int) -> dict:
     import torch
 
     import rl_lab.rl.offpolicy
@@ -140,6 +158,7 @@ def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Pa
         f"run.dir={run_dir}",
         "logger.wandb.mode=disabled",
         "logger.progress=false",
+        f"eval.every={every}",
     ]
     if steps is not None:  # otherwise the config's own train.total_steps
         overrides.append(f"train.total_steps={steps}")
@@ -148,7 +167,11 @@ def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Pa
     end_to_end = time.perf_counter() - start
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final_eval"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [[r["step"], round(r["eval/return_mean"], 1)] for r in rows if "eval/return_mean" in r]
     return {
+        "solved_at": next((step for step, mean in evals if mean >= SOLVED), None),
+        "evals": evals,
         "wall_s": loop_started[0] - start + summary["wall_time_s"],
         "construct_s": loop_started[0] - start,
         "env_steps": int(summary["env_steps"]),
@@ -162,13 +185,14 @@ def run_ours(config: str, seed: int, steps: int | None, device: str, run_dir: Pa
 
 
 def worker(argv: list[str]) -> None:
-    kind, config, seed, steps_arg, device, out = argv
+    kind, config, seed, steps_arg, device, every, out = argv
     steps = None if steps_arg == "default" else int(steps_arg)
     out_path = Path(out)
     if kind == "sb3":
-        result = run_sb3(int(seed), steps, device)
+        result = run_sb3(int(seed), steps, device, int(every))
     else:
-        result = run_ours(config, int(seed), steps, device, out_path.with_suffix(".run"))
+        result = run_ours(config, int(seed), steps, device, out_path.with_suffix(".run"), int(every))
+    result["final_return"] = result["return_mean"]
     result["sps"] = result["env_steps"] / result["wall_s"]
     out_path.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -202,10 +226,11 @@ def machine_info() -> dict:
     }
 
 
-def run_trial(variant: Variant, seed: int, steps: int | None, device: str, workdir: Path) -> dict:
+def run_trial(variant: Variant, seed: int, steps: int | None, device: str, every: int, workdir: Path) -> dict:
     out = workdir / f"{variant.key}-s{seed}.json"
     steps_arg = "default" if steps is None else str(steps)
-    cmd = [sys.executable, __file__, "--worker", variant.kind, variant.config, str(seed), steps_arg, device, str(out)]
+    cmd = [sys.executable, __file__, "--worker", variant.kind, variant.config, str(seed), steps_arg, device]
+    cmd += [str(every), str(out)]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -276,15 +301,19 @@ def main() -> int:
         worker(sys.argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2 3 4; with --quick: 0)")
+    parser.add_argument("--seeds", nargs="+", help="seeds: 0-9, 0 1 2 or 0-4,9 (default 0-9; with --quick: 0)")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK_STEPS} steps per trial, seed 0")
     parser.add_argument(
         "--steps", type=int, help=f"env steps per trial (default: {STEPS} for SB3, each config's own for ours)"
     )
     parser.add_argument("--device", default="cpu", help="torch device for every variant (default cpu)")
+    parser.add_argument(
+        "--eval-every", type=int, help=f"env steps between evaluations (default {EVAL_EVERY}; with --quick: 1000)"
+    )
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
+    seeds = seeds_argument(args.seeds) if args.seeds else [0] if args.quick else list(range(10))
+    every = args.eval_every or (1000 if args.quick else EVAL_EVERY)
     steps = args.steps or (QUICK_STEPS if args.quick else None)
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
     command = shlex.join([python, *sys.argv])
@@ -302,7 +331,7 @@ def main() -> int:
         for i, seed in enumerate(seeds):
             order = VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]
             for variant in order:
-                trial = run_trial(variant, seed, steps, args.device, Path(tmp))
+                trial = run_trial(variant, seed, steps, args.device, every, Path(tmp))
                 trials.append(trial)
                 if "error" not in trial:
                     print(
@@ -328,8 +357,10 @@ def main() -> int:
             "passed": sps_ratio is not None and sps_ratio >= TARGET_SPS_RATIO,
         },
     }
+    judged = judge(rows_from_trials(trials, {v.key: v.label for v in VARIANTS}), "a")
     print()
     print(report(table, ratios, machine, command, steps))
+    print("\n" + stats_table(judged, "(a)"))
     if args.out:
         results = {
             "command": command,
@@ -340,6 +371,8 @@ def main() -> int:
             "device": args.device,
             "variants": table,
             "ratios": ratios,
+            "statistics": judged,
+            "eval_every": every,
             "trials": trials,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

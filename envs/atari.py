@@ -4,8 +4,8 @@ Per env: up to 30 no-op starts, frame skip 4 with a max over the last two frames
 (gymnasium's AtariPreprocessing), FIRE on reset where the game needs it, a 4-frame stack
 (FrameStackObservation) and a 108k-frame episode cap. The env itself reports the raw game score and ends an
 episode at game over only; loss of a life as a terminal and reward clipping are *learning* signals, applied by
-`LearningSignals` to what goes into the replay buffer. Parallel evaluation uses ale-py's AtariVectorEnv with the
-same settings.
+`LearningSignals` to what the learner sees. ale-py's AtariVectorEnv (env.vector ale, the default for several
+Atari envs) runs the same preprocessing in C++ threads; evaluation runs on the kind of env the agent trained on.
 """
 
 from __future__ import annotations
@@ -38,10 +38,21 @@ def is_atari(env_id: str) -> bool:
 
 def frame_stack_padding(env_id: str, envs: gym.vector.VectorEnv) -> str | None:
     """How the env pads a frame stack at an episode start ("repeat" the first frame or "zero"); None when its
-    observations are not stacked Atari frames. A frame replay must rebuild stacks the same way."""
+    observations are not stacked Atari frames. A frame replay must rebuild stacks the same way.
+
+    ale-py's AtariVectorEnv pads with zeros; gymnasium's FrameStackObservation (in sync and async vector envs
+    alike) says how in its `padding_type`: "reset" repeats the first frame, "zero" pads zeros.
+    """
     if not is_atari(env_id):
         return None
-    return "repeat" if isinstance(envs, gym.vector.SyncVectorEnv) else "zero"  # FrameStackObservation / AtariVectorEnv
+    if not isinstance(envs, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
+        return "zero"  # AtariVectorEnv
+    padding = set(envs.get_attr("padding_type"))
+    if padding == {"reset"}:
+        return "repeat"
+    if padding == {"zero"}:
+        return "zero"
+    raise ValueError(f"frame stacks padded with {padding}: a frame replay rebuilds only 'reset' or 'zero' padding")
 
 
 def check_atari_id(env_id: str, registry) -> None:
@@ -106,6 +117,8 @@ def make_atari_env(env_id: str, render_mode: str | None = None, **kwargs) -> gym
 def make_atari_vector_env(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
     """ale-py's threaded AtariVectorEnv with the same preprocessing (its stack pads an episode start with zeros)."""
     options, rest = split_options(kwargs)
+    if "max_episode_steps" in rest:  # gymnasium's time limit on the frameskip-1 env counts frames, as ale-py does
+        rest["max_num_frames_per_episode"] = rest.pop("max_episode_steps")
     spec = gym.spec(env_id)
     game = spec.kwargs["game"]
     from ale_py.vector_env import AtariVectorEnv

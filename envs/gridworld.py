@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from rl_lab.errors import UserError
+from rl_lab.fileio import read_user_text
 
 MAPS = {
     # Sutton & Barto's Figure 4.1 / the lecture: two grey terminal corners, start anywhere else.
@@ -70,7 +71,7 @@ class GridMap:
             return cls.parse(spec, MAPS[spec])
         path = Path(spec)
         if path.is_file():
-            lines = [line.rstrip("\n") for line in path.read_text().splitlines()]
+            lines = [line.rstrip("\n") for line in read_user_text(path, "grid map").splitlines()]
             return cls.parse(path.stem, [line for line in lines if line.strip()])
         raise UserError(f"grid map {spec!r} is neither a shipped map ({', '.join(MAPS)}) nor a map file")
 

@@ -8,8 +8,10 @@ so the CLI can print one line and exit 2 before anything is written to disk. No 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from rl_lab.errors import UserError
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 32-bit seeds
 
 
 class InvalidValue(ValueError):
@@ -39,16 +43,27 @@ class WandbConfig:
     mode: Literal["online", "offline", "disabled", "auto"] = "auto"  # auto: online if logged in, else offline
     project: str = "rl-lab"
     entity: str | None = None
+    group: str | None = None  # runs to view together (e.g. the seeds of one experiment)
+    tags: list[str] = field(default_factory=list)
+    job_type: str | None = None  # e.g. train, sweep, eval
+    notes: str | None = None
+    log_model: bool = True  # upload the final model (and the best, for tasks) with config.yaml as an Artifact
+    init_timeout: float = 10.0  # seconds to reach the server; then the run logs offline into its directory
+
+    def __post_init__(self):
+        check(self.init_timeout > 0, "init_timeout", "must be > 0 (seconds)")
 
 
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     log_every: int = 1000  # environment steps between lines of metrics.jsonl
-    progress: bool = True  # live progress bar on a terminal
+    progress: bool = True  # a live bar on a terminal; plain lines when stderr is not one (files, nohup, CI)
+    print_every: float = 30.0  # seconds between plain progress lines (not on a terminal); 0 = at every log line
 
     def __post_init__(self):
         check(self.log_every > 0, "log_every", "must be > 0")
+        check(self.print_every >= 0, "print_every", "must be >= 0")
 
 
 @dataclass
@@ -66,7 +81,10 @@ class RunConfig:
 class EnvConfig:
     id: str = "CartPole-v1"
     num_envs: int = 1
-    vector: Literal["sync", "async"] = "sync"  # async: one subprocess per env
+    # sync: in this process; async: one subprocess per env; ale: ale-py's threaded AtariVectorEnv (Atari only;
+    # its emulators cannot be snapshotted, so a resumed run restarts the episodes in progress);
+    # auto: ale for an Atari id with more than one env, else sync
+    vector: Literal["auto", "sync", "async", "ale"] = "auto"
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
 
     def __post_init__(self):
@@ -89,6 +107,7 @@ class EvalConfig:
     seed_offset: int = 10_000  # evaluation envs are seeded apart from training envs
 
     def __post_init__(self):
+        check(self.seed_offset >= 0, "seed_offset", "must be >= 0")
         check(self.episodes >= 1, "episodes", "must be >= 1")
         check(self.every >= 0, "every", "must be >= 0")
         check(0.0 <= self.epsilon <= 1.0, "epsilon", "must be in [0, 1]")
@@ -171,7 +190,7 @@ class Config:
     agent: Any  # the agent's own dataclass, chosen by `agent.name` (rl_lab.loader)
     seed: int = 0
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    torch_threads: int = 0  # 0 = torch's default (one per core)
+    torch_threads: int = 0  # 0 = auto: 1 for small MLPs, else the cores free at the start (rl_lab.device)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -185,6 +204,7 @@ class Config:
             "must be auto, cpu, mps, cuda or cuda:N",
         )
         check(self.torch_threads >= 0, "torch_threads", "must be >= 0")
+        check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy and gymnasium seeds are 32-bit)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -256,15 +276,22 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
-def apply_override(data: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `1e-3`, `true`, `[64, 64]`)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise UserError(f"override {item!r} is not of the form dotted.key=value (e.g. agent.lr=1e-3)")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
+def apply_override(data: dict, item: str | tuple[str, Any]) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `1e-3`, `true`, `[64, 64]`). A
+    (key, value) pair, as the Python API passes a dict's items, sets the value as it is."""
+    if isinstance(item, tuple):
+        key, value = item
+        if not isinstance(key, str) or not key:
+            raise UserError(f"override key {key!r} is not a dotted key (e.g. agent.optim.lr)")
+        item = f"{key}={value!r}"
+    else:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form dotted.key=value (e.g. agent.optim.lr=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -336,6 +363,15 @@ def _with_owner_defaults(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     return value
 
 
+def _finite(value: Any, key: str) -> Any:
+    """`value`, checked to hold no NaN or infinity (`.inf`, `.nan`, also inside kwargs): a run would only diverge."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidValue(f"{key}={value!r}", "must be a finite number")
+    for name, item in value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ():
+        _finite(item, f"{key}.{name}" if isinstance(value, dict) else f"{key}[{name}]")
+    return value
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -350,15 +386,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise InvalidValue(f"{key}={value!r}", f"must be one of {', '.join(map(str, args))}")
         return value
     if tp is Any:
-        return value
+        return _finite(value, key)
     if tp is float:
         if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value), key)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -367,10 +401,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif origin is list or tp is list:
         if isinstance(value, list):
-            return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+            return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else _finite(value, key)
     elif tp is dict or origin is dict:
         if isinstance(value, dict):
-            return value
+            return _finite(value, key)
     else:
         raise TypeError(f"config type {tp} of {key} is not supported")
     expected = getattr(tp, "__name__", str(tp))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_lab.errors import UserError
+from rl_lab.extras import require
 from rl_lab.figures import pyplot, save_figure
 from rl_lab.fileio import write_atomic
 
@@ -370,6 +371,7 @@ def embeddings(
 ) -> dict:
     """2-D PCA and t-SNE of the features (model.encoder's output if the model has an encoder, else the
     model's), coloured by label, with the 5-NN accuracy in each 2-D map as a measure of class separation."""
+    require("vision", "sklearn", what="PCA and t-SNE embeddings")
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.model_selection import cross_val_score

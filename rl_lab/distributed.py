@@ -96,5 +96,8 @@ class NullLogger:
     def summary(self, values: dict) -> None:
         pass
 
+    def log_media(self, step: int, files: dict) -> None:
+        pass
+
     def close(self) -> None:
         pass

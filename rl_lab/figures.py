@@ -9,6 +9,8 @@ lays out, writes (making the directory) and closes a figure; every figure of the
     plot_grid_values       grid-world values and policies side by side (rl-lab solve)
     plot_confusion_matrix  a classification run's test confusion matrix (confusion_matrix counts it)
     plot_epochs            a classification run's accuracy and loss per epoch
+    plot_curve_bands       mean learning curves over seeds with bootstrap bands, one colour per entry (rl-lab compare)
+    plot_performance_profile  fraction of runs above each score, with bands (rl-lab compare)
 """
 
 from __future__ import annotations
@@ -158,4 +160,38 @@ def plot_epochs(metrics_path: Path, out_path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_path)
+
+
+def plot_curve_bands(panels: dict[str, list], out_path: Path, xlabel: str, ylabel: str) -> Path:
+    """One panel per task: each entry's mean curve over runs and its 95 % band, entries (label, colour index, steps,
+    mean, low, high) coloured by their index in every panel."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
+    for ax, (task, curves) in zip(axes[0], panels.items(), strict=True):
+        for label, index, steps, mean, low, high in curves:
+            ax.plot(steps, mean, color=f"C{index % 10}", label=label)
+            ax.fill_between(steps, low, high, color=f"C{index % 10}", alpha=0.2)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("mean over seeds, 95 % bootstrap band", fontsize=9)
+    return save_figure(fig, out_path)
+
+
+def plot_performance_profile(profiles: list, out_path: Path, score: str) -> Path:
+    """Fraction of runs with a final score above tau against tau, with 95 % bands; profiles (label, colour index,
+    taus, fraction, low, high)."""
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
+    for label, index, taus, fraction, low, high in profiles:
+        ax.plot(taus, fraction, color=f"C{index % 10}", label=label)
+        ax.fill_between(taus, low, high, color=f"C{index % 10}", alpha=0.2)
+    ax.set_xlabel(f"{score} (tau)")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("performance profile, 95 % stratified bootstrap band", fontsize=9)
     return save_figure(fig, out_path)

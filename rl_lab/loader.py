@@ -15,6 +15,7 @@ import yaml
 
 from rl_lab.config import Config, InvalidValue, TaskConfig, apply_override, build_dataclass, yaml_problem
 from rl_lab.errors import UserError
+from rl_lab.fileio import read_user_text
 
 # name: ("module:Class" of its settings under `agent:` / `task:`, "module:Class" of the agent / the task's trainer)
 AGENTS: dict[str, tuple[str, str]] = {
@@ -22,6 +23,7 @@ AGENTS: dict[str, tuple[str, str]] = {
     "tabular_q": ("rl_lab.agents.configs:TabularQConfig", "rl_lab.agents.tabular_q:TabularQ"),
     "reinforce": ("rl_lab.agents.configs:REINFORCEConfig", "rl_lab.agents.reinforce:REINFORCE"),
     "a2c": ("rl_lab.agents.configs:A2CConfig", "rl_lab.agents.actor_critic:A2C"),
+    "ppo": ("rl_lab.agents.configs:PPOConfig", "rl_lab.agents.ppo:PPO"),
 }
 TASKS: dict[str, tuple[str, str]] = {
     "classification": (
@@ -38,10 +40,9 @@ LOOPS = {"offpolicy": "rl_lab.rl.offpolicy:OffPolicyTrainer", "onpolicy": "rl_la
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config | TaskConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+    text = read_user_text(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
@@ -88,13 +89,14 @@ def build_trainer(config: Config | TaskConfig):
     happens here, before any file is written."""
     import torch
 
-    from rl_lab.device import select_device
+    from rl_lab.device import choose_threads, select_device
     from rl_lab.seeding import seed_everything
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    # auto (0) becomes the number chosen, so config.yaml records it and a resumed run uses it again
+    config.torch_threads, _ = choose_threads(config.torch_threads, uses_small_network(config))
+    torch.set_num_threads(config.torch_threads)
     if isinstance(config, TaskConfig):
-        from rl_lab import distributed
+        import rl_lab.distributed as distributed
 
         device = select_device(distributed.setup(config.device))
         rng = seed_everything(config.seed)
@@ -112,3 +114,14 @@ def build_trainer(config: Config | TaskConfig):
     except UserError as err:
         raise UserError(f"agent: {err}") from None
     return resolve(LOOPS[agent_cls.loop])(config, agent, envs, rng)
+
+
+def uses_small_network(config: Config | TaskConfig) -> bool:
+    """An MLP (or recurrent core over one) acting in envs, or a table: more CPU threads only add overhead."""
+    if isinstance(config, TaskConfig):
+        return False
+    if not hasattr(config.agent, "encoder"):  # a table
+        return True
+    encoder = config.agent.encoder
+    torso = encoder.kwargs.get("torso", "mlp") if encoder.name in ("lstm", "gru") else encoder.name
+    return torso == "mlp"

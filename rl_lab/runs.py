@@ -1,37 +1,130 @@
 """Runs from start to finish: make a run directory, train into it or resume it, open a finished one.
 
-Run directory: config.yaml (fully resolved), metrics.jsonl, summary.json, checkpoints/, plots/. Everything that
-user input can break (config, env id, encoder, device, data) is built before the directory exists, so a bad
-command leaves nothing behind. Env runs and supervised tasks go through the same steps: their trainers keep one
-contract (rl_lab.trainer.Trainer). Nothing here prints; rl_lab.commands tells the user.
+Run directory: config.yaml (fully resolved), metrics.jsonl, summary.json, checkpoints/, plots/, and `.lock`. Everything
+that user input can break (config, env id, encoder, device, data) is built before the directory exists, so a bad
+command leaves nothing behind. One writer per run: while a process trains a run it holds an exclusive flock on its
+`.lock` (which names its pid), released by the OS however the process ends, a kill included; a second `train` into
+the same run.dir or a `--resume` of a run in progress stops with the holder's pid. Env runs and supervised tasks go
+through the same steps: their trainers keep one contract (rl_lab.trainer.Trainer). Nothing here prints;
+rl_lab.commands tells the user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_lab import distributed
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, runs are not locked
+    fcntl = None
+
+import rl_lab.distributed as distributed
 from rl_lab.backbone import save_encoder
+from rl_lab.backbone.io import SPEC_FILE, WEIGHTS_FILE
 from rl_lab.backbone.transfer import find_encoder
-from rl_lab.checkpoint import latest_checkpoint
+from rl_lab.checkpoint import latest_checkpoint, resume_checkpoint
 from rl_lab.config import to_yaml
-from rl_lab.errors import UserError
-from rl_lab.fileio import write_atomic
+from rl_lab.errors import Diverged, UserError, environment_error, os_error_line
+from rl_lab.fileio import dumps_json, write_atomic
 from rl_lab.loader import build_trainer, load_config
 from rl_lab.logger import RunLogger
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """This process's exclusive hold on a run directory while it writes it (flock on RUN_DIR/.lock, which holds the
+    pid; emptied on release). UserError naming the holder's pid when another process has it."""
+
+    def __init__(self, run_dir: Path):
+        self.fd: int | None = None
+        if fcntl is None:
+            return
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            holder = _holder(fd)
+            os.close(fd)
+            raise _in_use(run_dir, holder)
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # e.g. a full disk: the lock holds all the same, only its pid is not written
+            pass
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    @staticmethod
+    def check(run_dir: Path) -> None:
+        """UserError if another process holds the lock of `run_dir`; creates and changes nothing."""
+        if fcntl is None:
+            return
+        try:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file: no process has ever trained here
+            return
+        try:
+            if not _try_lock(fd, fcntl.LOCK_SH):  # a shared probe fails only while a writer holds it
+                raise _in_use(run_dir, _holder(fd))
+        finally:
+            os.close(fd)
+
+
+def _try_lock(fd: int, kind: int, tries: int = 10) -> bool:
+    """flock without waiting on a writer; a few short retries let another process's momentary probe pass."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return False
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    return f"pid {text}" if text.isdigit() else "another process"
+
+
+def _in_use(run_dir: Path, holder: str) -> UserError:
+    return UserError(
+        f"run dir {run_dir} is in use: {holder} is training it (one writer per run); "
+        "wait for it to end, or choose another run.dir=..."
+    )
 
 
 @dataclass
 class Run:
-    """A run directory opened for reading: its resolved config, its latest checkpoint, its rebuilt trainer."""
+    """A run directory opened for reading: its resolved config, its latest checkpoint, its rebuilt trainer; `lock`
+    is held while this process trains it."""
 
     dir: Path
     config: Any  # Config (an agent in envs) or TaskConfig (a supervised task)
+    lock: RunLock | None = None
+    report: str | None = None  # how training went (trainer.report), once train() has drawn the figures
+    auto_threads: bool = False  # torch_threads was 0 and the loader chose the count
+
+    def header(self) -> str:
+        """One line that says what trains where: the run directory, the device and the CPU threads."""
+        c, trainer = self.config, self.trainer
+        what = f"{c.agent.name} on {c.env.id}" if hasattr(c, "agent") else f"{c.task.name} on {c.data.name}"
+        device = trainer.agent.device if hasattr(trainer, "agent") else trainer.device
+        threads = f"{c.torch_threads}{' (auto)' if self.auto_threads else ''}"
+        return f"{what}: run dir {self.dir}, device {device}, torch threads {threads}"
 
     @property
     def checkpoint(self) -> Path:
@@ -48,6 +141,11 @@ class Run:
         checkpoint = self.checkpoint  # a run without one fails here, before envs or data are built
         return self.trainer.load_weights(checkpoint)
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
 
 def open_run(run_dir: str | Path) -> Run:
     """Open an existing run directory: one clear error when it is missing or is not a run."""
@@ -63,53 +161,168 @@ def default_run_dir(config_path: Path, seed: int) -> Path:
     return Path("runs") / f"{config_path.stem}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_run(config_path: str | Path, overrides: list[str]) -> Run:
-    """A new run: config validated, trainer built, then the directory made with its config.yaml."""
+def start_run(config_path: str | Path, overrides: list[str], config: Any = None) -> Run:
+    """A new run: config validated, trainer built, then the directory made, locked, with its config.yaml.
+    `config`: one already validated (the Python API's dicts); `config_path` then only names the run directory."""
     config_path = Path(config_path)
-    config = load_config(config_path, overrides)
+    config = config or load_config(config_path, overrides)
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config_path, config.seed)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run dir {run_dir} is a file, not a directory; choose another run.dir=...")
-    if run_dir.exists() and any(run_dir.iterdir()) and distributed.is_main_process():  # torchrun: rank 0 makes it
-        raise UserError(
-            f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
-            f"or continue it with: rl-lab train --resume {run_dir}"
-        )
-    run = Run(run_dir, config)
+    main = distributed.is_main_process()  # torchrun: rank 0 makes and writes the directory
+    if main:
+        _check_new_run_dir(run_dir)
+    run = Run(run_dir, config, auto_threads=config.torch_threads == 0)
     run.trainer  # built before the directory exists  # noqa: B018
     config.run.dir = str(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    write_atomic(run_dir / "config.yaml", to_yaml(config))
+    if not main:
+        return run
+    created = _first_missing(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run.lock = RunLock(run_dir)
+        _check_new_run_dir(run_dir, locked=True)  # another `train` into run.dir may have finished meanwhile
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "plots").mkdir(exist_ok=True)
+        write_atomic(run_dir / "config.yaml", to_yaml(config))
+    except BaseException as err:
+        if run.lock is not None and created is not None:  # ours alone: remove what this command made
+            shutil.rmtree(created, ignore_errors=True)
+        run.release()
+        if isinstance(err, OSError) and environment_error(err):
+            raise UserError(
+                f"cannot create run dir {run_dir}: {os_error_line(err)}; choose another run.dir=..."
+            ) from None
+        raise
     return run
 
 
-def reopen_run(run_dir: str | Path) -> tuple[Run, Path]:
-    """An interrupted run with its trainer restored from the latest checkpoint (returned too)."""
+def _check_new_run_dir(run_dir: Path, locked: bool = False) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} is a file, not a directory; choose another run.dir=...")
+    if run_dir.is_dir():
+        if not locked:
+            RunLock.check(run_dir)
+        if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+            raise UserError(
+                f"run dir {run_dir} exists and is not empty; choose another run.dir=... "
+                f"or continue it with: rl-lab train --resume {run_dir}"
+            )
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that making `path` would create (None when `path` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def reopen_run(run_dir: str | Path) -> tuple[Run, Path | None, str | None]:
+    """An interrupted run, locked, its trainer restored from a checkpoint. Returns the run, the checkpoint (None
+    when the run was killed before its first one: it starts from the beginning) and a note when `latest` was
+    missing or damaged and an older complete checkpoint was taken instead, or when the envs' episodes in progress
+    were restarted rather than restored (ale-py's AtariVectorEnv)."""
     run = open_run(run_dir)
-    if (run.dir / "summary.json").is_file():
-        raise UserError(f"run {run.dir} already finished (summary.json exists); evaluate it: rl-lab eval {run.dir}")
-    checkpoint = run.checkpoint
-    run.trainer.resume(run.dir)
-    return run, checkpoint
-
-
-def train(run: Run, resume: bool = False) -> dict:
-    """Train a started or reopened run to its end; write summary.json (rank 0 under torchrun); return it."""
-    trainer, main = run.trainer, distributed.is_main_process()
-    if main:
-        logger = RunLogger.for_run(run.dir, run.config, trainer.total_steps, trainer.state, resume)
-    else:
-        logger = distributed.NullLogger()
     try:
-        summary = trainer.run(run.dir, logger)
+        run.lock = RunLock(run.dir)
+    except OSError as err:
+        if not environment_error(err):
+            raise
+        raise UserError(f"cannot resume {run.dir}: {os_error_line(err)}") from None
+    try:
+        if (run.dir / "summary.json").is_file():
+            raise UserError(f"run {run.dir} already finished (summary.json exists); evaluate it: rl-lab eval {run.dir}")
+        checkpoint, note = resume_checkpoint(run.dir / "checkpoints")
+        if checkpoint is not None:
+            restarted = run.trainer.resume(checkpoint)  # a note when the envs' episodes could only be restarted
+            note = "; ".join(n for n in (note, restarted) if n) or None
+    except BaseException:
+        run.release()
+        raise
+    return run, checkpoint, note
+
+
+def train(run: Run, resume: bool = False, console: bool = True) -> dict:
+    """Train a started or reopened run to its end; write summary.json (rank 0 under torchrun); return it.
+
+    A full disk or another file-system failure becomes one UserError (the last complete checkpoint kept, no
+    temporary copies left); a non-finite loss or weights a Diverged naming the step and the checkpoint kept."""
+    trainer, main = run.trainer, distributed.is_main_process()
+    try:
         if main:
-            write_atomic(run.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-            logger.summary(summary)
+            logger = RunLogger.for_run(run.dir, run.config, trainer.total_steps, trainer.state, resume, console)
+        else:
+            logger = distributed.NullLogger()
+        try:
+            summary = trainer.run(run.dir, logger)
+            if main:
+                write_atomic(run.dir / "summary.json", dumps_json(summary, indent=2) + "\n")
+                run.report = trainer.report(summary, run.dir)  # the figures in plots/, then to W&B with the rest
+                _mirror(run, summary, logger)
+        finally:
+            logger.close()
+            distributed.cleanup()
+    except OSError as err:
+        if not environment_error(err):
+            raise
+        raise UserError(
+            f"cannot write run dir {run.dir}: {os_error_line(err)}; its last complete checkpoint is kept: "
+            f"fix that, then continue with: rl-lab train --resume {run.dir}"
+        ) from None
+    except Diverged as err:
+        raise Diverged(err.step, f"{err.what}; {_kept(run)}") from None
     finally:
-        logger.close()
-        distributed.cleanup()
+        run.release()
     return summary
+
+
+def _mirror(run: Run, summary: dict, logger: RunLogger) -> None:
+    """What W&B gets at the end of a run: the figures of plots/ as images, the summary, and the model as an
+    Artifact (the final weights, and the best ones for tasks, with config.yaml and summary.json)."""
+    step = run.trainer.state.step
+    logger.log_media(step, {f"plots/{p.stem}": p for p in sorted((run.dir / "plots").glob("*.png"))})
+    logger.summary(summary)
+    if logger.options.log_model and logger.wandb_active:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = save_weights(run.trainer, Path(tmp))
+            files.update({"config.yaml": run.dir / "config.yaml", "summary.json": run.dir / "summary.json"})
+            logger.log_model(files, {"step": step, **summary}, aliases=["latest", f"step_{step}"])
+
+
+def save_weights(trainer, out_dir: Path) -> dict[str, Path]:
+    """The trained weights alone (no optimiser, replay or RNG state) as safetensors files in out_dir: an agent's
+    networks in model.safetensors (`<attribute>.<parameter>` keys); a task's final model in model.safetensors and
+    its best-validation model, the one it was tested with, in best.safetensors."""
+    import safetensors.torch
+    import torch
+
+    def tensors(state: dict) -> dict:
+        return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+    if hasattr(trainer, "agent"):
+        nets = {name: m for name, m in vars(trainer.agent).items() if isinstance(m, torch.nn.Module)}
+        states = {"model.safetensors": {f"{n}.{k}": v for n, m in nets.items() for k, v in m.state_dict().items()}}
+    else:
+        states = {
+            "model.safetensors": trainer.eval_model.state_dict(),
+            "best.safetensors": trainer.best_model().state_dict(),
+        }
+    files = {}
+    for name, state in states.items():
+        safetensors.torch.save_file(tensors(state), str(out_dir / name))
+        files[name] = out_dir / name
+    return files
+
+
+def _kept(run: Run) -> str:
+    """What a diverged run keeps, and what to change."""
+    section = "agent" if hasattr(run.config, "agent") else "task"
+    try:
+        kept = f"the last finite checkpoint, {latest_checkpoint(run.dir / 'checkpoints').name}, is kept"
+    except UserError:
+        kept = "no checkpoint was saved before it"
+    return f"{kept}; lower {section}.optim.lr or set {section}.optim.grad_clip, then start a new run"
 
 
 def train_new(config_path: str | Path, overrides: list[str]) -> Path:
@@ -119,10 +332,17 @@ def train_new(config_path: str | Path, overrides: list[str]) -> Path:
     return run.dir
 
 
-def export_encoder(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Save the encoder of a run's latest checkpoint (agent or task) with save_encoder; returns out_dir."""
+def export_encoder(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Save the encoder of a run's latest checkpoint (agent or task) with save_encoder; returns out_dir. An encoder
+    already in out_dir is replaced only with `force`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"cannot export to {out_dir}: it is a file; pass a directory")
+    existing = [name for name in (SPEC_FILE, WEIGHTS_FILE) if (out_dir / name).exists()]
+    if existing and not force:
+        raise UserError(
+            f"{out_dir} already holds an encoder ({', '.join(existing)}); pass --force to replace it, "
+            "or choose another directory"
+        )
     save_encoder(find_encoder(open_run(run_dir).load_weights()), out_dir)
     return out_dir

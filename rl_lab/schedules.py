@@ -12,3 +12,8 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
 def crossed(step: int, steps_taken: int, every: int) -> bool:
     """Did the step counter pass a multiple of `every` in the last `steps_taken` steps (N envs step at once)?"""
     return step // every > (step - steps_taken) // every
+
+
+def multiples(first: int, last: int, every: int) -> range:
+    """The multiples of `every` from step `first` to step `last`, both included: what fell due in those steps."""
+    return range(-(-first // every) * every, last + 1, every)

@@ -19,10 +19,13 @@ class Trainer(Protocol):
         """Steps of the whole run as the progress bar counts them (environment steps or optimiser steps)."""
 
     def run(self, run_dir: Path, logger) -> dict:
-        """Train to the end (from wherever `state` is), checkpointing into run_dir; returns summary.json's content."""
+        """Train to the end (from wherever `state` is), checkpointing into run_dir; returns summary.json's content.
+        Raises rl_lab.errors.Diverged at a NaN or infinite loss or weights, before checkpointing them."""
 
-    def resume(self, run_dir: Path) -> None:
-        """Load the latest checkpoint of run_dir: weights, optimiser, counters, RNG states, everything run() needs."""
+    def resume(self, checkpoint: Path) -> str | None:
+        """Load a checkpoint of the run (rl_lab.checkpoint.resume_checkpoint picks it): weights, optimiser,
+        counters, RNG states, everything run() needs. Returns a one-line note for the user when something could
+        not be restored exactly (envs that cannot be snapshotted restart their episodes), else None."""
 
     def load_weights(self, checkpoint: Path) -> Any:
         """What the run trained, ready to use: the agent (env runs) or the tested model (task runs)."""

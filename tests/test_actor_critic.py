@@ -108,6 +108,19 @@ TINY_RUNS = {
             "agent.encoder.kwargs.torso_kwargs.hidden_sizes=[16]",
         ],
     ),
+    "ppo": ("cartpole_ppo.yaml", ["env.num_envs=4", "agent.n_steps=32", "agent.epochs=2", "agent.batch_size=64"]),
+    "ppo_lstm": (  # minibatch sequences of 16 steps, replayed from the recurrent states stored in the rollout
+        "cartpole_novel_lstm_ppo.yaml",
+        [
+            "env.num_envs=4",
+            "agent.n_steps=32",
+            "agent.epochs=2",
+            "agent.batch_size=64",
+            "agent.seq_len=16",
+            "agent.encoder.kwargs.hidden_size=8",
+            "agent.encoder.kwargs.torso_kwargs.hidden_sizes=[8]",
+        ],
+    ),
 }
 
 
@@ -153,13 +166,18 @@ MY_CONFIGS = [
     "cartpole_novel_mlp_a2c.yaml",
     "pendulum_a2c.yaml",
     "pong_a2c.yaml",
+    "cartpole_ppo.yaml",
+    "cartpole_novel_lstm_ppo.yaml",
+    "pendulum_ppo.yaml",
+    "pong_ppo.yaml",
+    "breakout_ppo.yaml",
 ]
 
 
 @pytest.mark.parametrize("name", MY_CONFIGS)
 def test_shipped_configs_resolve(name):
     config = load_config(REPO / "configs" / name)
-    assert config.agent.name in ("a2c", "reinforce")
+    assert config.agent.name in ("a2c", "reinforce", "ppo")
 
 
 def test_pong_a2c_trains_a_few_rollouts(tmp_path):

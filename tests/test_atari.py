@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import REPO, rl_lab_command, run_rl_lab, user_error_line
 
@@ -98,7 +99,13 @@ def test_bad_game_name_is_exit_2_with_close_matches(tmp_path):
 
 def test_replay_that_cannot_fit_is_exit_2_before_anything_is_written(tmp_path):
     result = run_rl_lab(
-        "train", PONG, "agent.buffer_size=1000000000", "device=cpu", f"run.dir={tmp_path / 'r'}", cwd=tmp_path
+        "train",
+        PONG,
+        "agent.buffer_size=1000000000",
+        "train.total_steps=2000000000",
+        "device=cpu",
+        f"run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
     )
     line = user_error_line(result)
     assert "agent.buffer_size=1000000000" in line and "GiB" in line
@@ -166,3 +173,51 @@ def test_eval_video_writes_an_mp4_and_logs_it_to_the_offline_wandb_run(atari_run
     (entry,) = logged["eval/video.videos"]
     assert entry["_type"] == "video-file" and entry["path"].endswith(".mp4")
     assert (log.parent / "files" / entry["path"]).stat().st_size == entry["size"] > 0
+
+
+def test_ale_vector_env_run_resumes_with_model_optimiser_counters_and_replay_and_restarts_its_episodes(tmp_path):
+    """Two Breakout envs run on ale-py's AtariVectorEnv (env.vector auto), whose emulators cannot be saved. A run
+    killed after a checkpoint resumes with its model, optimiser, counters and replay (priorities too) as saved, its
+    episodes in progress restarted (each env's newest stored transition cut as truncated), says so in one line,
+    and trains on to the end. The exact-resume test above asks for one env, so that run stays on gymnasium's."""
+    from rl_lab import runs
+    from rl_lab.checkpoint import load_checkpoint
+    from rl_lab.envs import vector_kind
+
+    assert vector_kind("ALE/Breakout-v5", 2) == "ale" and vector_kind("ALE/Breakout-v5", 1) == "sync"
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    result = run_rl_lab("train", PONG, *TINY_ATARI, "env.num_envs=2", f"run.dir={full}", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    shutil.copytree(full, cut)
+    (cut / "summary.json").unlink()
+    (cut / "checkpoints" / "latest").write_text("step_0000000200\n")
+
+    run, checkpoint, note = runs.reopen_run(cut)
+    try:
+        assert "episodes in progress were restarted" in note and "\n" not in note
+        trainer, agent = run.trainer, run.trainer.agent
+        assert type(trainer.envs).__name__ == "AtariVectorEnv"
+        torch_state, arrays, meta = load_checkpoint(checkpoint)
+        for name, saved in torch_state["agent"]["q_net"].items():
+            assert torch.equal(agent.q_net.state_dict()[name], saved), name
+        saved_optim = torch_state["agent"]["optimizer"]["state"]
+        for key, value in agent.optimizer.state_dict()["state"].items():
+            assert torch.equal(value["exp_avg"], saved_optim[key]["exp_avg"])
+        assert trainer.state.step == 200 and trainer.state.episodes == meta["episodes"]
+        replay = trainer.buffer.state_dict()
+        saved = {k.removeprefix("replay."): v for k, v in arrays.items() if k.startswith("replay.")}
+        assert set(replay) == set(saved)
+        for name in set(replay) - {"truncated", "rings"}:
+            np.testing.assert_array_equal(replay[name], saved[name], err_msg=name)
+        cut_now = replay["truncated"] & ~saved["truncated"]
+        assert cut_now.sum(axis=1).tolist() == [1, 1]  # one transition per env: the newest one
+        assert trainer.buffer.buffer.episode_start.all()
+        assert (trainer.episode_length == 0).all() and (trainer.obs[:, :3] == 0).all()  # fresh, zero-padded stacks
+    finally:
+        run.release()
+        run.trainer.envs.close()
+    result = run_rl_lab("train", "--resume", cut, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if "restarted" in line]) == 1, result.stdout
+    rows = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [100, 200, 300, 400, 400]

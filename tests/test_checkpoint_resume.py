@@ -128,13 +128,13 @@ def test_keep_latest_and_no_temporary_files(tmp_path):
 def test_temporary_dir_of_a_killed_save_is_never_used_and_is_cleaned_up(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     torch_state, arrays, meta = sample_checkpoint()
-    save_checkpoint(checkpoints, 1000, torch_state, arrays, meta)
+    save_checkpoint(checkpoints, 1000, torch_state, arrays, {**meta, "step": 1000})
     stale = checkpoints / ".tmp-step_0000002000-999999"  # a process killed while writing step 2000
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     assert latest_checkpoint(checkpoints).name == "step_0000001000"
-    assert load_checkpoint(latest_checkpoint(checkpoints))[2] == meta
-    save_checkpoint(checkpoints, 2000, torch_state, arrays, meta)  # the resumed process saves again
+    assert load_checkpoint(latest_checkpoint(checkpoints))[2] == {**meta, "step": 1000}
+    save_checkpoint(checkpoints, 2000, torch_state, arrays, {**meta, "step": 2000})  # the resumed process saves
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_0000001000", "step_0000002000"]
 
 
@@ -160,7 +160,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_checkpoint_is_a_user_error(tmp_path, damage):
     torch_state, arrays, meta = sample_checkpoint()
-    path = save_checkpoint(tmp_path / "checkpoints", 1, torch_state, arrays, meta)
+    path = save_checkpoint(tmp_path / "checkpoints", 1, torch_state, arrays, {**meta, "step": 1})
     DAMAGE[damage](path)
     with pytest.raises(UserError, match=r"checkpoint .*step_0000000001"):
         load_checkpoint(path)
@@ -221,6 +221,10 @@ def damaged_run_results(tiny_runs, tmp_path_factory):
         if damage != "finished":
             (run_dir / "summary.json").unlink()  # as if killed before the end, so resume gets to the checkpoint
         ckpt = _latest(run_dir)
+        if command == "resume":  # its only checkpoint: nothing to fall back to (see test_robustness for that)
+            for other in (run_dir / "checkpoints").glob("step_*"):
+                if other != ckpt:
+                    shutil.rmtree(other)
         RUN_DAMAGE[damage](run_dir)
         commands.append(("eval", run_dir, "--episodes", "2") if command == "eval" else ("train", "--resume", run_dir))
         cases[(damage, command)] = (run_dir, tree_bytes(run_dir), [n.format(ckpt=ckpt) for n in needles])

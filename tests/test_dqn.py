@@ -280,3 +280,101 @@ def test_prioritized_training_weights_the_loss_and_sets_priorities_to_the_td_err
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
     idx = batch.indices[0]
     np.testing.assert_allclose(buffer.tree.values(idx), np.abs(td.numpy()) + 1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("num_envs", "train_freq", "gradient_steps"), [(1, 4, 1), (8, 4, 1), (16, 4, 2), (8, 1, 1), (3, 4, 1), (2, 8, 3)]
+)
+def test_replay_ratio_does_not_depend_on_the_number_of_envs(num_envs, train_freq, gradient_steps):
+    """gradient_steps / train_freq gradient steps per env step, however many envs step at once (each vector step
+    is num_envs env steps; a window can hold several training phases, or none)."""
+    agent = make_agent(hidden_sizes=[8], train_freq=train_freq, gradient_steps=gradient_steps, batch_size=8)
+    buffer, rng, total = random_buffer(64, seed=4), np.random.default_rng(0), 240
+    calls = 0
+    for step in range(num_envs, total + 1, num_envs):
+        calls += agent.train(buffer, step, num_envs, rng) is not None
+    updates = {int(s["step"]) for s in agent.optimizer.state.values()}
+    assert updates == {total * gradient_steps // train_freq}
+    assert calls == min(total // num_envs, total // train_freq)  # a metrics row whenever something trained
+
+
+def test_target_updates_and_phases_keep_their_order_inside_one_vector_step():
+    """16 envs, a phase every 4 env steps, a target copy every 12: within one vector step the copy at step 12
+    comes after the phases at steps 4 and 8 and before those at 12 and 16 (at the same step, target first)."""
+    settings = {"hidden_sizes": [8], "train_freq": 4, "target_update_interval": 12, "batch_size": 8}
+    torch.manual_seed(0)
+    agent, twin = make_agent(**settings), make_agent(**settings)
+    twin.q_net.load_state_dict(agent.q_net.state_dict())
+    twin.target_net.load_state_dict(agent.target_net.state_dict())
+    buffer = random_buffer(64, seed=5)
+    agent.train(buffer, 16, 16, np.random.default_rng(0))
+    twin.train(buffer, 11, 11, np.random.default_rng(0))  # the phases at steps 4 and 8 alone, on the same batches
+    for target, learned, online in zip(
+        agent.target_net.parameters(), twin.q_net.parameters(), agent.q_net.parameters(), strict=True
+    ):
+        assert torch.equal(target, learned)
+        assert not torch.equal(online, learned)
+
+
+def image_agent(encoder: str) -> DQN:
+    space = gym.spaces.Box(0, 255, (3, 8, 8), np.uint8)
+    kwargs = {"width": 4, "blocks": [1]} if encoder == "resnet" else {"channels": [4], "hidden_sizes": [8]}
+    cfg = DQNConfig(
+        encoder=EncoderConfig(encoder, {**kwargs, "dropout": 0.5}), learning_starts=0, train_freq=1, batch_size=4
+    )
+    torch.manual_seed(0)
+    return DQN(cfg, space, gym.spaces.Discrete(3), torch.device("cpu"), 1000)
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vgg"])
+def test_acting_is_in_eval_mode_and_learning_in_train_mode(encoder):
+    """With batch norm and dropout in the encoder, the Q-values an env's observation gets must not depend on the
+    other envs' observations in the batch, nor on chance: acting runs in eval mode, the update in train mode."""
+    agent = image_agent(encoder)
+    outputs, modes = [], []
+
+    def record(module, args, out):
+        outputs.append(out.detach())
+        modes.append(module.training)
+
+    agent.q_net.register_forward_hook(record)
+    obs = np.random.default_rng(0).integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    agent.greedy(obs)
+    agent.greedy(obs[:2])
+    torch.testing.assert_close(outputs[1], outputs[0][:2])
+    buffer = ReplayBuffer(16, (3, 8, 8), np.uint8)
+    no = np.zeros(8, bool)
+    buffer.add(obs, np.zeros(8, np.int64), np.ones(8, np.float32), obs, no, no)
+    agent.train(buffer, step=1, steps_taken=1, rng=np.random.default_rng(0))
+    assert modes[:2] == [False, False] and all(modes[2:])
+    modes.clear()
+    agent.act(obs, step=10**6, rng=np.random.default_rng(0))  # epsilon 0.05: the network is asked
+    assert modes == [False]
+    assert not agent.target_net.training
+
+
+def test_prioritized_phase_draws_each_batch_after_the_previous_step_updated_the_priorities():
+    """A phase of G gradient steps on prioritized replay must train exactly like G phases of one step each:
+    every batch is drawn from the priorities the previous step's TD errors set (Schaul et al. 2016, Alg. 1)."""
+    from rl_lab.replay.prioritized import Prioritized
+
+    def buffer():
+        per = Prioritized(random_buffer(64, seed=6), alpha=1.0)
+        per.update_priorities(np.arange(64), np.linspace(0.1, 3.0, 64))
+        return per
+
+    g = 4
+    common = {"hidden_sizes": [16], "batch_size": 16, "prioritized": True, "per_alpha": 1.0, "per_beta": 1.0}
+    torch.manual_seed(0)
+    fast = make_agent(gradient_steps=g, optim=OptimConfig(lr=0.05), **common)
+    slow = make_agent(gradient_steps=1, optim=OptimConfig(lr=0.05), **common)
+    slow.q_net.load_state_dict(fast.q_net.state_dict())
+    slow.target_net.load_state_dict(fast.target_net.state_dict())
+    fast_buffer, slow_buffer = buffer(), buffer()
+    fast.train(fast_buffer, step=1, steps_taken=1, rng=np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    for s in range(1, g + 1):
+        slow.train(slow_buffer, step=s, steps_taken=1, rng=rng)
+    np.testing.assert_allclose(fast_buffer.tree.tree, slow_buffer.tree.tree, rtol=1e-5)
+    for p_fast, p_slow in zip(fast.q_net.parameters(), slow.q_net.parameters(), strict=True):
+        torch.testing.assert_close(p_fast, p_slow)

@@ -175,3 +175,47 @@ def test_atari_memory_per_transition_is_under_7_2_kb_and_8x_less_than_stacks():
 def test_buffer_that_cannot_fit_is_refused_before_allocating(make):
     with pytest.raises(UserError, match=r"agent.buffer_size=\d+ needs .* GiB .* lower agent.buffer_size"):
         make()
+
+
+@pytest.mark.parametrize("vector", ["sync", "async", "ale"])
+def test_replay_of_real_breakout_play_holds_exactly_the_stacks_acted_on_and_received(vector):
+    """Random Breakout play through the off-policy loop: lost lives (terminal for learning, not for the game),
+    game overs and time limits. Every stored transition, as sampling gathers it, must hold byte for byte the stack
+    the agent acted on and the one it received: stacks restart at the env's episode starts (never at a lost life)
+    and are padded the way this kind of vector env pads them."""
+    from rl_lab.loader import build_trainer, config_from_dict
+
+    config = config_from_dict(
+        {
+            "env": {"id": "ALE/Breakout-v5", "num_envs": 2, "vector": vector, "kwargs": {"max_episode_steps": 1000}},
+            "agent": {
+                "name": "dqn",
+                "encoder": {"name": "nature_cnn", "kwargs": {"features": 8, "convs": [[4, 4, 4], [4, 4, 2]]}},
+                "buffer_size": 2000,  # more than the run stores: no transition is overwritten
+                "exploration_initial": 1.0,
+                "exploration_final": 1.0,
+            },
+            "device": "cpu",
+            "torch_threads": 1,
+        }
+    )
+    trainer = build_trainer(config)
+    played = [[], []]  # per env: (stack acted on, stack received)
+    lost_lives = episode_ends = 0
+    for _ in range(400):
+        lives = trainer.signals.lives.copy()
+        obs, next_obs = trainer.step()
+        ended = trainer.episode_length == 0
+        lost_lives += int(((trainer.signals.lives < lives) & ~ended).sum())
+        episode_ends += int(ended.sum())
+        for e in range(2):
+            played[e].append((obs[e], next_obs[e]))
+    trainer.envs.close()
+    assert lost_lives >= 4 and episode_ends >= 2, (lost_lives, episode_ends)  # both boundaries are exercised
+    buffer = trainer.buffer
+    assert len(buffer) == 800
+    for e in range(2):
+        ring = np.arange(e * buffer.slots, e * buffer.slots + buffer.size[e])  # in time order: no wrap-around
+        batch = buffer.gather(ring[buffer.has_transition[ring]])
+        np.testing.assert_array_equal(batch.obs.numpy(), np.stack([o for o, _ in played[e]]))
+        np.testing.assert_array_equal(batch.next_obs.numpy(), np.stack([n for _, n in played[e]]))

@@ -20,6 +20,7 @@ def test_sum_tree_sums_and_lookups_match_brute_force_with_duplicate_updates():
         for i, v in zip(idx, new, strict=True):
             values[i] = v
         assert tree.total == pytest.approx(values.sum())
+        assert tree.min == (values[values > 0].min() if (values > 0).any() else np.inf)
         mass = rng.random(500) * values.sum()
         expected = np.searchsorted(np.cumsum(values), mass, side="right")
         np.testing.assert_array_equal(tree.find(mass), expected)
@@ -57,9 +58,15 @@ def test_sampling_follows_priorities_and_weights_follow_the_formula():
     expected = probs * batch.indices.size
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 63 + 5 * np.sqrt(2 * 63), chi2  # stratified draws are even closer than multinomial ones
-    weights = (64 * probs[batch.indices]) ** -beta
-    weights /= weights.max(axis=1, keepdims=True)
+    # normalised by the largest weight over the buffer (Schaul et al. 2016), that of the least likely transition
+    weights = (64 * probs[batch.indices]) ** -beta / (64 * probs.min()) ** -beta
     torch.testing.assert_close(batch.weights, torch.from_numpy(weights.astype(np.float32)))
+    rarest = np.argmin(probs)
+    without = ~(batch.indices == rarest).any(axis=1)
+    assert without.any() and (batch.weights[torch.from_numpy(without)].amax(dim=1) < 0.99).all()
+    # a batch's weights do not depend on what else it drew: each transition has one weight wherever it appears
+    for i in np.unique(batch.indices):
+        assert len(np.unique(batch.weights.numpy()[batch.indices == i])) == 1
     np.testing.assert_array_equal(batch.obs[..., 0].numpy(), buffer.buffer.obs[batch.indices, 0])
 
 

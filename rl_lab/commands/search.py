@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import yaml
 
 from rl_lab.config import yaml_problem
 from rl_lab.errors import UserError
-from rl_lab.fileio import write_atomic
+from rl_lab.fileio import read_user_text, write_atomic
 from rl_lab.loader import load_config
 
 RANGES = ("uniform", "log_uniform_values", "int_uniform")
@@ -77,10 +78,9 @@ def _check_parameter(path: Path, name: str, spec: Any) -> None:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a W&B sweep file for local search; mistakes are UserErrors naming the key."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}")
+    text = read_user_text(path, "sweep file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise _fail(path, f"not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
@@ -168,15 +168,22 @@ def _ranked(rows: list[dict], maximize: bool) -> list[dict]:
 
 
 def search(
-    sweep_path: str | Path, trials: int, out_dir: str | Path | None = None, seed: int = 0, overrides: list[str] = ()
+    sweep_path: str | Path,
+    trials: int,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    overrides: list[str] = (),
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[dict]:
-    """Sample `trials` configurations, train each with rl_lab.runs.train_new, return the rows best first.
+    """Sample `trials` configurations, train each with rl_lab.runs.train_new (or as Ray tasks with backend="ray"),
+    return the rows best first.
 
     Every trial's config is checked before the first one starts, so a bad key or value costs no training.
     A trial that fails with a UserError is recorded as failed and the search goes on.
     """
-    from rl_lab.runs import train_new
-
+    if address is not None and backend != "ray":
+        raise UserError("--address is the Ray cluster's; use it with --backend ray")
     sweep = load_sweep(sweep_path)
     if trials < 1:
         raise UserError(f"--trials {trials}: must be >= 1")
@@ -188,23 +195,27 @@ def search(
     clash = sorted({o.partition("=")[0] for o in overrides} & set(sweep.parameters))
     if clash:
         raise UserError(f"{clash[0]} is both an override and a parameter of {sweep_path}; remove one of them")
+    if backend == "ray":  # Ray workers may run elsewhere: absolute paths
+        out, sweep.config = out.resolve(), str(Path(sweep.config).resolve())
     rng = np.random.default_rng(seed)
     plans = []
     for i in range(trials):
         values = sample(sweep.parameters, rng)
         args = [*sweep.fixed, *as_overrides(values), *overrides, f"run.dir={out / f'trial-{i:03d}'}"]
-        load_config(sweep.config, args)  # raises the UserError now, before anything is written
-        plans.append((i, values, args))
+        config = load_config(sweep.config, args)  # raises the UserError now, before anything is written
+        plans.append((i, values, args, config))
+    session = None
+    if backend == "ray":
+        import rl_lab.ray_backend as ray_backend
+
+        session = ray_backend.connect(address)  # a missing ray or cluster stops here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     names = list(sweep.parameters)
     rows: list[dict] = []
-    for i, values, args in plans:
-        row = {"trial": i, "params": values, "run_dir": str(out / f"trial-{i:03d}"), "metric": None, "error": None}
-        try:
-            run_dir = train_new(sweep.config, args)
-        except UserError as err:
-            row["error"] = str(err)
-        else:
+    for i, values, error in _trials(sweep.config, plans, out, session):
+        run_dir = out / f"trial-{i:03d}"
+        row = {"trial": i, "params": values, "run_dir": str(run_dir), "metric": None, "error": error}
+        if error is None:
             summary = json.loads((run_dir / "summary.json").read_text())
             try:
                 row["metric"] = metric_value(summary, sweep.metric)
@@ -222,7 +233,40 @@ def search(
             json.dumps({"metric": sweep.metric, "maximize": sweep.maximize, "trials": ranked}, indent=2) + "\n",
         )
     goal = "maximizing" if sweep.maximize else "minimizing"
+    if session is not None:
+        print(f"trials ran as Ray tasks; their output: {out / 'logs'}")
     print(f"\nrandom search over {sweep_path}: {trials} trials, {goal} {sweep.metric}")
     print(table, end="")
     print(f"results: {out / 'results.md'}")
     return ranked
+
+
+def _trials(config_path: str, plans: list[tuple], out: Path, session) -> Iterator[tuple[int, dict, str | None]]:
+    """Train each planned trial, here one after another or as Ray tasks at once (session); yield (trial number,
+    its values, None or its error) as each ends."""
+    if session is None:
+        from rl_lab.runs import train_new
+
+        for i, values, args, _ in plans:
+            try:
+                train_new(config_path, args)
+            except UserError as err:
+                yield i, values, str(err)
+            else:
+                yield i, values, None
+        return
+    from rl_lab.commands.experiment import cli_task
+    from rl_lab.experiments import Trial, ray_trials, trial_threads
+
+    trials = []
+    for i, _, args, config in plans:
+        threads = trial_threads(config, 1)
+        start = ["train", config_path, *args, *([] if config.torch_threads else [f"torch_threads={threads}"])]
+        log = out / "logs" / f"trial-{i:03d}.log"
+        trials.append(Trial(i, out / f"trial-{i:03d}", start, log, threads, config))
+    values = {i: v for i, v, _, _ in plans}
+    try:
+        for trial, _, status, error in ray_trials(session, trials, cli_task):
+            yield trial.key, values[trial.key], None if status == "finished" else error or status
+    finally:
+        session.close()

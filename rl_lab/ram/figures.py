@@ -1,13 +1,12 @@
-"""Where RAM looks: glimpse paths drawn over images, as a PNG grid and an animated GIF, also sent to W&B."""
+"""Where RAM looks: glimpse paths drawn over images, as a PNG grid and an animated GIF (the task sends both to W&B)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
+from PIL import Image
 
 from rl_lab.figures import pyplot, save_figure
 from rl_lab.ram.sensor import pixel_centres
@@ -53,12 +52,10 @@ def glimpse_figures(
     predictions: torch.Tensor,
     sides: list[int],
     out_dir: Path,
-    step: int | None = None,
 ) -> tuple[Path, Path]:
     """Write out_dir/glimpses.png (whole paths) and out_dir/glimpses.gif (one frame per glimpse).
 
     images (N, C, H, W) in [0, 1]; locations (T, N, 2) as RAM returns them; predictions (N,).
-    With W&B running (and `step` given) both are logged as glimpses/paths and glimpses/animation.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     height, width = images.shape[2:]
@@ -76,17 +73,6 @@ def glimpse_figures(
         fig.canvas.draw()
         frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
         pyplot().close(fig)
-    imageio.mimsave(gif, frames, duration=0.6, loop=0)
-    _to_wandb(png, gif, step)
+    first, *rest = [Image.fromarray(frame) for frame in frames]
+    first.save(gif, save_all=True, append_images=rest, duration=600, loop=0)  # 0.6 s a glimpse
     return png, gif
-
-
-def _to_wandb(png: Path, gif: Path, step: int | None) -> None:
-    """Log to the active W&B run, if the run's logger started one; a failure only warns."""
-    wandb = sys.modules.get("wandb")
-    if step is None or wandb is None or wandb.run is None:
-        return
-    try:
-        wandb.run.log({"glimpses/paths": wandb.Image(str(png)), "glimpses/animation": wandb.Video(str(gif))}, step=step)
-    except Exception as e:  # W&B is a mirror: it never stops a run
-        print(f"wandb: could not log glimpse figures ({type(e).__name__}: {e})", file=sys.stderr)

@@ -105,7 +105,8 @@ class RAMTrainer(ClassificationTrainer):
         row = {"epoch": self.state.epoch, **{f"val/{k}_mean_location": v for k, v in self.mean_location(val).items()}}
         logger.log(self.state.step, row)
         if self.config.task.figure_examples:
-            self.figures(val, self.run_dir / "plots")
+            png, gif = self.figures(val, self.run_dir / "plots")
+            logger.log_media(self.state.step, {"glimpses/paths": png, "glimpses/animation": gif})
 
     def mean_location(self, data, model: nn.Module | None = None) -> dict[str, float]:
         """Scores of the deterministic trajectories that look at the location policy's mean."""
@@ -114,19 +115,18 @@ class RAMTrainer(ClassificationTrainer):
         return scores(logits, data.labels)
 
     @torch.no_grad()
-    def figures(self, data, out_dir: Path) -> None:
+    def figures(self, data, out_dir: Path) -> tuple[Path, Path]:
         pick = torch.linspace(0, len(data) - 1, min(self.config.task.figure_examples, len(data))).long()
         ram = self.eval_model.ram
         x = data.images[pick].to(self.device).float() / 255
         trajectory = ram(x, sample=False)
-        glimpse_figures(
+        return glimpse_figures(
             x,
             data.labels[pick],
             trajectory.locations,
             trajectory.logits.argmax(-1),
             ram.patch_sides(),
             out_dir,
-            self.state.step,
         )
 
     def summary(self) -> dict:

@@ -45,7 +45,10 @@ class FrameReplay:
         else:
             check_memory(capacity, scale * self.frame_bytes, self.device)
             check_memory(capacity, scale * self.SLOT_BYTES)
-        self.frames = torch.zeros((total, *frame_shape), dtype=torch.uint8, device=self.device)
+        if self.device.type == "cpu":  # calloc'd: memory is taken as frames arrive, not for slots never filled
+            self.frames = torch.from_numpy(np.zeros((total, *frame_shape), dtype=np.uint8))
+        else:
+            self.frames = torch.zeros((total, *frame_shape), dtype=torch.uint8, device=self.device)
         self.actions = np.zeros(total, dtype=np.uint8)
         self.rewards = np.zeros(total, dtype=np.float32)
         self.terminated = np.zeros(total, dtype=np.bool_)
@@ -81,8 +84,16 @@ class FrameReplay:
         self.size[envs] = np.minimum(self.size[envs] + 1, self.slots)
         return lost
 
-    def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> tuple[np.ndarray, np.ndarray]:
-        """Store one step of N envs (stacked obs with a leading env dimension); returns (added, lost) slots."""
+    def add(
+        self, obs, actions, rewards, next_obs, terminated, truncated, episode_end=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Store one step of N envs (stacked obs with a leading env dimension); returns (added, lost) slots.
+
+        `terminated` and `truncated` are what the learner bootstraps on (for Atari, a lost life is terminal);
+        `episode_end` is where the env really ended an episode (game over, time limit) and so starts a fresh frame
+        stack. Stacks follow the env, never the learning signals: after a lost life the game and its stack go on.
+        Without `episode_end`, terminated | truncated.
+        """
         envs = np.arange(self.num_envs)
         lost = [envs[:0]]
         starting = envs[self.episode_start]
@@ -96,8 +107,18 @@ class FrameReplay:
         self.has_transition[slots] = True
         offsets = np.minimum(self.offset[slots].astype(np.int64) + 1, self.stack - 1)
         lost.append(self._write(envs, np.asarray(next_obs)[:, -1], offsets))
-        self.episode_start = np.asarray(terminated) | np.asarray(truncated)
+        if episode_end is None:
+            episode_end = np.asarray(terminated) | np.asarray(truncated)
+        self.episode_start = np.asarray(episode_end, dtype=bool).copy()
         return slots, np.concatenate(lost)
+
+    def cut_episodes(self) -> None:
+        """The envs' episodes stop here (a resumed run restarts them): each env's newest transition counts as
+        truncated (it bootstraps from its next_obs; n-step returns stop there) and the next add starts new stacks."""
+        newest = self.base + (self.pos - 2) % self.slots  # the newest frame (pos - 1) is that transition's next_obs
+        newest = newest[(self.size >= 2) & self.has_transition[newest]]
+        self.truncated[newest] = True
+        self.episode_start[:] = True
 
     def sample_indices(self, shape: int | tuple, rng: np.random.Generator) -> np.ndarray:
         """Uniform over stored transitions: uniform over written slots, redrawing those without a transition."""

@@ -1,9 +1,11 @@
 """Proportional prioritized replay (Schaul et al. 2016) over any replay buffer, on a vectorised sum-tree.
 
 P(i) = p_i^alpha / sum_k p_k^alpha with p_i = |TD error| + eps; a new transition gets the largest priority seen
-so far, so it is replayed at least once soon. Importance weights w_i = (N P(i))^-beta / max_batch w correct the
-bias; beta anneals to 1 over training. Sampling is stratified (one draw per equal slice of the total mass) and
-every tree operation works on a whole batch of leaves at once.
+so far, so it is replayed at least once soon. Importance weights w_i = (N P(i))^-beta correct the bias, divided by
+the largest weight over the whole buffer, (N min_k P(k))^-beta, as in the paper (so they only ever scale updates
+down, and a batch's weights do not depend on what else the batch drew); beta anneals to 1 over training. Sampling
+is stratified (one draw per equal slice of the total mass) and every tree operation works on a whole batch of
+leaves at once; the tree also keeps the smallest positive leaf, for that largest weight.
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ from rl_lab.replay.uniform import Batch, to_device
 
 
 class SumTree:
-    """A complete binary tree over `capacity` leaves; each inner node holds the sum of its two children."""
+    """A complete binary tree over `capacity` leaves; each inner node holds the sum of its two children (and, in
+    `mins`, the smallest positive leaf below it)."""
 
     def __init__(self, capacity: int):
         self.leaves = 1 << max(capacity - 1, 1).bit_length()
         self.tree = np.zeros(2 * self.leaves, dtype=np.float64)  # node 1 is the root; leaf i is node leaves + i
+        self.mins = np.full(2 * self.leaves, np.inf)  # empty (zero) leaves count as +inf
 
     @property
     def total(self) -> float:
         return float(self.tree[1])
+
+    @property
+    def min(self) -> float:
+        """The smallest positive leaf (inf when every leaf is 0)."""
+        return float(self.mins[1])
 
     def values(self, idx: np.ndarray) -> np.ndarray:
         return self.tree[self.leaves + idx]
@@ -33,9 +42,11 @@ class SumTree:
         """Set leaves idx to values (duplicates: the last one wins), then re-sum their ancestors level by level."""
         nodes = self.leaves + np.asarray(idx, dtype=np.int64).ravel()
         self.tree[nodes] = np.broadcast_to(values, np.shape(idx)).ravel()
+        self.mins[nodes] = np.where(self.tree[nodes] > 0, self.tree[nodes], np.inf)
         while len(nodes) and nodes[0] > 1:
             nodes = np.unique(nodes // 2)
             self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+            self.mins[nodes] = np.minimum(self.mins[2 * nodes], self.mins[2 * nodes + 1])
 
     def find(self, mass: np.ndarray) -> np.ndarray:
         """The leaf whose prefix-sum interval holds each value of `mass` (in [0, total))."""
@@ -61,11 +72,14 @@ class Prioritized:
     def __len__(self) -> int:
         return len(self.buffer)
 
-    def add(self, *transition) -> tuple[np.ndarray, np.ndarray]:
-        added, lost = self.buffer.add(*transition)
+    def add(self, *transition, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        added, lost = self.buffer.add(*transition, **kwargs)
         self.tree.update(lost, 0.0)
         self.tree.update(added, self.max_priority**self.alpha)
         return added, lost
+
+    def cut_episodes(self) -> None:
+        self.buffer.cut_episodes()
 
     def sample_indices(self, shape: int | tuple, rng: np.random.Generator) -> np.ndarray:
         """Stratified: each row of a (..., batch) draw takes one leaf from each of `batch` equal slices of mass."""
@@ -85,9 +99,9 @@ class Prioritized:
     def sample(self, shape: int | tuple, rng: np.random.Generator, device: torch.device | str = "cpu") -> Batch:
         idx = self.sample_indices(shape, rng)
         batch = self.buffer.gather(idx, device)
-        probs = self.tree.values(idx) / self.tree.total
-        weights = (len(self.buffer) * probs) ** -self.beta
-        weights /= weights.max(axis=-1, keepdims=True)
+        total, n = self.tree.total, len(self.buffer)
+        weights = (n * self.tree.values(idx) / total) ** -self.beta
+        weights /= (n * self.tree.min / total) ** -self.beta  # the largest weight any stored transition has
         batch.weights = to_device(torch.from_numpy(weights.astype(np.float32)), device)
         batch.indices = idx
         return batch

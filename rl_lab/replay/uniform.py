@@ -126,8 +126,9 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        """Store one step of N parallel envs (arrays with a leading env dimension)."""
+    def add(self, obs, actions, rewards, next_obs, terminated, truncated, episode_end=None) -> None:
+        """Store one step of N parallel envs (arrays with a leading env dimension). `episode_end` (where the env
+        really ended an episode) matters only to buffers that rebuild observations (FrameReplay)."""
         n = len(rewards)
         self.stride = n
         slots = (self.pos + np.arange(n)) % self.capacity
@@ -143,6 +144,12 @@ class ReplayBuffer:
 
     def sample_indices(self, shape: int | tuple, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.size, size=shape)
+
+    def cut_episodes(self) -> None:
+        """The envs' episodes stop here (a resumed run restarts them): each env's newest transition counts as
+        truncated, so it bootstraps from its next_obs and no n-step return runs on into the next episode."""
+        if self.size:
+            self.truncated[(self.pos - 1 - np.arange(min(self.stride, self.size))) % self.capacity] = True
 
     def successor(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slot of the same env's next transition, and whether it has been stored (written after idx)."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rl_lab.envs import make_vector_env
+from rl_lab.envs import make_vector_env, vector_kind
 from rl_lab.envs.atari import human_normalized
 
 
@@ -23,6 +23,7 @@ def evaluate(
     epsilon: float = 0.0,
     env_kwargs: dict | None = None,
     max_parallel: int = 10,
+    vector: str = "sync",
 ) -> dict[str, np.ndarray]:
     """Returns and lengths of `episodes` episodes under `policy` (epsilon-greedy when epsilon > 0).
 
@@ -32,7 +33,7 @@ def evaluate(
     """
     n = min(episodes, max_parallel)
     quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
-    envs = make_vector_env(env_id, n, **(env_kwargs or {}))
+    envs = make_vector_env(env_id, n, vector, **(env_kwargs or {}))
     rng = np.random.default_rng(seed)
     envs.single_action_space.seed(seed)
     returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
@@ -58,6 +59,13 @@ def evaluate(
             ep_return[i], ep_length[i] = 0.0, 0
     envs.close()
     return {"returns": np.concatenate(returns), "lengths": np.concatenate(lengths)}
+
+
+def eval_vector(env) -> str:
+    """The vector env evaluation runs on, for a run's `env` settings: the kind it trained on, so the agent sees the
+    same observations (ale-py's AtariVectorEnv pads a new episode's frame stack with zeros, gymnasium's repeats the
+    first frame); in-process for everything else."""
+    return "ale" if vector_kind(env.id, env.num_envs, env.vector, **env.kwargs) == "ale" else "sync"
 
 
 def eval_stats(result: dict[str, np.ndarray], env_id: str | None = None) -> dict[str, float]:

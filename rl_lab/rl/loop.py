@@ -8,20 +8,21 @@ adds what only it needs to a checkpoint through `checkpoint_extras` / `load_extr
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, reading_checkpoint, save_checkpoint
+from rl_lab.checkpoint import load_checkpoint, reading_checkpoint, save_checkpoint, state_from_meta
 from rl_lab.config import Config
-from rl_lab.envs import restore_vector_env, snapshot_vector_env
+from rl_lab.envs import can_snapshot, restore_vector_env, snapshot_vector_env
 from rl_lab.envs.atari import learning_signals
-from rl_lab.errors import UserError
+from rl_lab.errors import Diverged, UserError
 from rl_lab.figures import plot_learning_curve
 from rl_lab.logger import RunLogger
-from rl_lab.rl.evaluation import eval_stats, evaluate, format_eval_table
+from rl_lab.rl.evaluation import eval_stats, eval_vector, evaluate, format_eval_table
+from rl_lab.schedules import crossed
 from rl_lab.seeding import rng_state, set_rng_state
 
 RECENT_EPISODES = 20  # episodes averaged for the logged training return
@@ -63,7 +64,8 @@ class EnvLoop:
         episodes = episodes or c.eval.episodes
         epsilon = c.eval.epsilon if epsilon is None else epsilon
         seed = c.seed + c.eval.seed_offset if seed is None else seed
-        return eval_stats(evaluate(self.agent.greedy, c.env.id, episodes, seed, epsilon, c.env.kwargs), c.env.id)
+        result = evaluate(self.agent.greedy, c.env.id, episodes, seed, epsilon, c.env.kwargs, vector=eval_vector(c.env))
+        return eval_stats(result, c.env.id)
 
     def evaluate_checkpoint(self, checkpoint: Path, episodes=None, epsilon=None, seed=None) -> tuple[dict, str]:
         """`rl-lab eval`: the checkpoint's agent re-evaluated, and its table."""
@@ -113,6 +115,35 @@ class EnvLoop:
             row["train/episode_length"] = float(np.mean(s.recent_lengths))
         row.update({f"train/{k}": v for k, v in s.last_train.items()})
         return row
+
+    def due_row(self, steps_taken: int) -> dict[str, float]:
+        """What the last `steps_taken` env steps made due: training metrics (a log line), an evaluation."""
+        c, step = self.config, self.state.step
+        row = self.train_metrics() if crossed(step, steps_taken, c.logger.log_every) else {}
+        if c.eval.every and crossed(step, steps_taken, c.eval.every) and step < c.train.total_steps:
+            row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+        return row
+
+    def progress_fields(self, row: dict[str, float], sps: float) -> dict[str, str]:
+        """What the progress bar (or line) shows: speed, the recent training return, the latest evaluation and
+        the loss, each only once it exists (no `loss=nan` before learning starts)."""
+        fields = {"sps": f"{sps:.0f}"}
+        if "train/episode_return" in row:
+            fields["ret"] = f"{row['train/episode_return']:.1f}"
+        if "eval/return_mean" in row:
+            fields["eval"] = f"{row['eval/return_mean']:.1f}"
+        if "loss" in self.state.last_train:
+            fields["loss"] = f"{self.state.last_train['loss']:.4f}"
+        return fields
+
+    def check_finite(self, metrics: dict | None) -> None:
+        """Stop the run (Diverged, exit status 3) when an update's loss or other figures are NaN or infinite; the
+        weights are checked again before every checkpoint, so the last finite checkpoint is never replaced."""
+        Diverged.check(self.state.step, metrics)
+
+    def checkpoint_due(self, steps_taken: int) -> bool:
+        every = self.config.run.checkpoint_every
+        return bool(every) and crossed(self.state.step, steps_taken, every)
 
     def finish(self, run_dir: Path, logger: RunLogger, start_step: int, start_time: float) -> dict:
         """The final evaluation (logged and checkpointed once, even across a resume) and the run's result."""
@@ -165,13 +196,25 @@ class EnvLoop:
         self.agent.load_state_dict(torch_state["agent"], weights_only=True)
         return meta
 
-    def resume(self, run_dir: Path) -> None:
-        """Load the latest checkpoint: agent, RNGs, counters, the envs' episodes in progress and the extras."""
-        path = latest_checkpoint(run_dir / "checkpoints")
-        with reading_checkpoint(path):
-            self._load(path)
+    def resume(self, checkpoint: Path) -> str | None:
+        """Load a checkpoint of this run: agent, RNGs, counters, the envs' episodes in progress and the extras.
+        Returns a note for the user when the episodes in progress could not be restored but were restarted."""
+        with reading_checkpoint(checkpoint):
+            return self._load(checkpoint)
 
-    def _load(self, path: Path) -> None:
+    def restart_episodes(self) -> str:
+        """Fresh episodes in every env, for envs whose state a checkpoint cannot hold (ale-py's AtariVectorEnv):
+        the resumed run keeps its model, optimiser, counters and replay, not the episodes that were in progress."""
+        seed = int(np.random.SeedSequence([self.config.seed, self.state.step]).generate_state(1)[0] >> 1)
+        self.obs, infos = self.envs.reset(seed=seed)
+        self.signals.start(infos)
+        self.episode_return[:], self.episode_length[:] = 0.0, 0
+        return (
+            f"the {self.envs.num_envs} episodes in progress were restarted (ale-py's AtariVectorEnv cannot save "
+            "them); model, optimiser, counters and replay are restored. env.vector=sync resumes exactly"
+        )
+
+    def _load(self, path: Path) -> str | None:
         torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
         if len(meta["envs"]) != self.envs.num_envs:
             raise UserError(
@@ -185,5 +228,7 @@ class EnvLoop:
         if "lives" in arrays:
             self.signals.lives = arrays["lives"].copy()
         set_rng_state(self.rng, meta["rng"], torch_state["rng"])
-        self.obs = restore_vector_env(self.envs, meta["envs"])
-        self.state = LoopState(**{f.name: meta[f.name] for f in fields(LoopState)})
+        if can_snapshot(self.envs):
+            self.obs = restore_vector_env(self.envs, meta["envs"])
+        self.state = state_from_meta(LoopState, meta, path)
+        return None if can_snapshot(self.envs) else self.restart_episodes()

@@ -21,12 +21,12 @@ from rl_lab.config import Config
 from rl_lab.envs.atari import frame_stack_padding
 from rl_lab.logger import RunLogger
 from rl_lab.rl.loop import EnvLoop
-from rl_lab.schedules import crossed
 
 
 class OffPolicyTrainer(EnvLoop):
     def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
         super().__init__(config, agent, envs, rng)
+        # built (and checked against free memory) with the trainer; its pages are only taken as it fills
         self.buffer = agent.make_replay(envs.num_envs, frame_stack_padding(config.env.id, envs))
         self.timers = {"env": 0.0, "act": 0.0, "learn": 0.0}  # seconds since the last log line
 
@@ -37,32 +37,15 @@ class OffPolicyTrainer(EnvLoop):
         window_step, window_time = state.step, start_time
         timers, clock = self.timers, time.perf_counter
         while state.step < total:
+            self.step()
             t0 = clock()
-            actions = self.agent.act(self.obs, state.step, self.rng)
-            t1 = clock()
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-            t2 = clock()
-            state.step += n
-            done = terminated | truncated
-            real_next_obs = next_obs.copy()  # the vector env already reset finished envs
-            for i in np.flatnonzero(done):
-                real_next_obs[i] = infos["final_obs"][i]
-            learn_rewards, learn_terminated = self.signals(rewards, terminated, truncated, infos)
-            self.buffer.add(self.obs, actions, learn_rewards, real_next_obs, learn_terminated, truncated)
-            self.obs = next_obs
-            self.track_episodes(rewards, done)
             metrics = self.agent.train(self.buffer, state.step, n, self.rng)
             if metrics is not None:
+                self.check_finite(metrics)
                 state.last_train = metrics
-            timers["act"] += t1 - t0
-            timers["env"] += t2 - t1
-            timers["learn"] += clock() - t2  # replay storage counts as learning
+            timers["learn"] += clock() - t0
 
-            row = {}
-            if crossed(state.step, n, c.logger.log_every):
-                row.update(self.train_metrics())
-            if c.eval.every and crossed(state.step, n, c.eval.every) and state.step < total:
-                row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            row = self.due_row(n)
             if row:
                 now = time.perf_counter()
                 elapsed = max(now - window_time, 1e-9)
@@ -73,18 +56,42 @@ class OffPolicyTrainer(EnvLoop):
                 timers.update(dict.fromkeys(timers, 0.0))
                 logger.log(state.step, row, extra=extra)
                 logger.progress(
-                    state.step,
-                    sps=f"{sps:.0f}",
-                    ret=f"{row.get('train/episode_return', float('nan')):.1f}",
-                    eps=f"{self.agent.epsilon(state.step):.3f}",
-                    loss=f"{state.last_train.get('loss', float('nan')):.4f}",
+                    state.step, **self.progress_fields(row, sps), eps=f"{self.agent.epsilon(state.step):.3f}"
                 )
-            if c.run.checkpoint_every and crossed(state.step, n, c.run.checkpoint_every):
+            if self.checkpoint_due(n):
                 self.save(run_dir, start_time, logger)
         return self.finish(run_dir, logger, start_step, start_time)
 
+    def step(self) -> tuple[np.ndarray, np.ndarray]:
+        """One step of the N envs: act, step, store the transition; returns (the observations acted on, the true
+        next observations: for an env that just ended its episode, the final one, not the new episode's first)."""
+        timers, clock, obs = self.timers, time.perf_counter, self.obs
+        t0 = clock()
+        actions = self.agent.act(obs, self.state.step, self.rng)
+        t1 = clock()
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        t2 = clock()
+        self.state.step += self.envs.num_envs
+        done = terminated | truncated
+        real_next_obs = next_obs.copy()  # the vector env already reset finished envs
+        for i in np.flatnonzero(done):
+            real_next_obs[i] = infos["final_obs"][i]
+        learn_rewards, learn_terminated = self.signals(rewards, terminated, truncated, infos)
+        # the replay bootstraps on the learning signals but restarts frame stacks where the env's episodes end
+        self.buffer.add(obs, actions, learn_rewards, real_next_obs, learn_terminated, truncated, episode_end=done)
+        self.obs = next_obs
+        self.track_episodes(rewards, done)
+        timers["act"] += t1 - t0
+        timers["env"] += t2 - t1
+        timers["learn"] += clock() - t2  # replay storage counts as learning
+        return obs, real_next_obs
+
     def train_metrics(self) -> dict[str, float]:
         return {**super().train_metrics(), "train/epsilon": self.agent.epsilon(self.state.step)}
+
+    def restart_episodes(self) -> str:
+        self.buffer.cut_episodes()  # the replay's newest transitions end where the episodes were cut
+        return super().restart_episodes()
 
     def checkpoint_extras(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {}, {f"replay.{k}": v for k, v in self.buffer.state_dict().items()}

@@ -1,10 +1,12 @@
 """The on-policy training loop shared by policy-gradient agents: collect a rollout, update once, evaluate, log, save.
 
 Two kinds of rollout, chosen by the agent:
-  - n steps of every env (`agent.n_steps`, A2C): envs and recurrent state carry on across rollouts;
+  - n steps of every env (`agent.n_steps`, A2C and PPO): envs and recurrent state carry on across rollouts;
   - whole episodes (`agent.episodes_per_update`, REINFORCE): every env starts a fresh episode and plays
     episodes_per_update / num_envs of them; an env that is done waits (its steps are masked out, not learned from)
     until the others finish, so long episodes are not under-represented.
+A rollout also keeps what the acting policy computed: V(s_t), log pi(a_t|s_t) and, for a recurrent policy, its
+state before every step (PPO replays minibatch sequences from it). Acting runs the network in eval mode.
 The agent (rl_lab.agents.policy_gradient) supplies `net` (rl_lab.rl.policy.PolicyNetwork), `n_steps` or
 `episodes_per_update`, `update(rollout, step) -> metrics`, `greedy`, and
 `state_dict()/load_state_dict()`. Checkpoints are taken between rollouts and hold everything a resumed run needs
@@ -25,7 +27,6 @@ from rl_lab.config import Config
 from rl_lab.errors import UserError
 from rl_lab.logger import RunLogger
 from rl_lab.rl.loop import EnvLoop
-from rl_lab.schedules import crossed
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Rollout:
     next_values: torch.Tensor  # (T, N)
     state: torch.Tensor | None  # recurrent state before step 0
     episodes: int  # complete episodes in the rollout
+    log_probs: torch.Tensor | None = None  # (T, N) log pi(a_t|s_t) of the policy that acted (PPO's denominator)
+    states: torch.Tensor | None = None  # (T, *state.shape): recurrent state before each step (before its reset)
 
 
 class OnPolicyTrainer(EnvLoop):
@@ -61,6 +64,7 @@ class OnPolicyTrainer(EnvLoop):
     def collect(self) -> Rollout:
         agent, envs, net, device = self.agent, self.envs, self.agent.net, self.agent.device
         n = envs.num_envs
+        net.eval()  # acting: running statistics and no dropout (the agent's update trains in train mode)
         whole_episodes = agent.episodes_per_update is not None
         if whole_episodes:  # fresh episodes everywhere; unseeded, so each env's RNG carries on
             self.obs, infos = envs.reset()
@@ -75,6 +79,7 @@ class OnPolicyTrainer(EnvLoop):
         while True:
             obs = torch.as_tensor(self.obs, device=device)
             starts = torch.as_tensor(self.starts, device=device)
+            state_before = self.rnn_state
             dist, values, self.rnn_state = net(obs[None], self.rnn_state, starts[None])
             actions = dist.sample()[0]
             next_obs, rewards, terminated, truncated, infos = envs.step(net.env_actions(actions))
@@ -100,6 +105,8 @@ class OnPolicyTrainer(EnvLoop):
                 "valid": valid,
                 "values": None if values is None else values[0],
                 "next_values": next_values,
+                "log_probs": dist.log_prob(actions[None])[0],
+                "states": state_before,
             }
             for key, value in record.items():
                 steps.setdefault(key, []).append(value)
@@ -140,23 +147,23 @@ class OnPolicyTrainer(EnvLoop):
             before = state.step
             rollout = self.collect()
             state.last_train = self.agent.update(rollout, state.step)
+            self.check_finite(state.last_train)
             taken = state.step - before
-            row = {}
-            if crossed(state.step, taken, c.logger.log_every):
-                row.update(self.train_metrics())
-            if c.eval.every and crossed(state.step, taken, c.eval.every) and state.step < total:
-                row.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            row = self.due_row(taken)
             if row:
                 now = time.perf_counter()
                 sps = (state.step - window_step) / max(now - window_time, 1e-9)
                 window_step, window_time = state.step, now
                 logger.log(state.step, row, extra={"time/sps": sps})
-                logger.progress(
-                    state.step, sps=f"{sps:.0f}", ret=f"{row.get('train/episode_return', float('nan')):.1f}"
-                )
-            if c.run.checkpoint_every and crossed(state.step, taken, c.run.checkpoint_every):
+                logger.progress(state.step, **self.progress_fields(row, sps))
+            if self.checkpoint_due(taken):
                 self.save(run_dir, start_time, logger)
         return self.finish(run_dir, logger, start_step, start_time)
+
+    def restart_episodes(self) -> str:
+        self.starts[:] = True
+        self.rnn_state = self.agent.net.initial_state(self.envs.num_envs, self.agent.device)
+        return super().restart_episodes()
 
     def checkpoint_extras(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         tensors = {} if self.rnn_state is None else {"rnn_state": self.rnn_state}

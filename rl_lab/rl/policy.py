@@ -172,10 +172,12 @@ class GreedyPolicy:
             self.state = self.net.initial_state(len(mask), self.device)
 
     @torch.inference_mode()
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Actions for a batch of observations: the most likely ones, or samples with `deterministic=False`."""
         if self.starts is None or len(self.starts) != len(obs):
             self.reset(np.ones(len(obs), dtype=bool))
+        self.net.eval()
         obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
         dist, _, self.state = self.net(obs_t, self.state, self.starts.unsqueeze(0))
         self.starts = torch.zeros_like(self.starts)
-        return self.net.env_actions(dist.mode()[0])
+        return self.net.env_actions((dist.mode() if deterministic else dist.sample())[0])

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from rl_lab.envs import make_env
 from rl_lab.envs.atari import DEFAULTS, is_atari
+from rl_lab.extras import require
 from rl_lab.logger import init_wandb, resolve_wandb_mode
+
+# gymnasium's env families that draw their frames with pygame
+PYGAME_FAMILIES = ("gymnasium.envs.classic_control.", "gymnasium.envs.box2d.", "gymnasium.envs.toy_text.")
+
+
+def check_video(env_id: str) -> None:
+    """Before anything is evaluated: the `video` extra's packages that recording `env_id` needs (UserError)."""
+    require("video", "imageio", "imageio_ffmpeg", what="videos")
+    spec = gym.registry.get(env_id)
+    entry_point = spec.entry_point if spec is not None and isinstance(spec.entry_point, str) else ""
+    if entry_point.startswith(PYGAME_FAMILIES):
+        require("video", "pygame", what=f"videos of {env_id} (drawn with pygame)")
 
 
 def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: float, path: Path) -> dict:
     """Play one episode (epsilon-greedy around `policy`) and write its rendered frames to `path` as mp4."""
+    check_video(env_id)
     import imageio.v2 as imageio
 
     env = make_env(env_id, render_mode="rgb_array", **env_kwargs)
@@ -39,19 +54,19 @@ def record_episode(policy, env_id: str, env_kwargs: dict, seed: int, epsilon: fl
     return {"path": str(path), "return": score, "length": len(frames) - 1}
 
 
-def log_videos(run_dir: Path, config, paths: list[Path]) -> bool:
-    """Log mp4 files to the run's W&B run (continued by its saved id); False when W&B is off or fails."""
+def log_videos(run_dir: Path, config, paths: list[Path]) -> str | None:
+    """Log mp4 files to the run's W&B run (continued by its saved id); None when logged or W&B is off, else why
+    W&B could not take them (W&B is optional: the files stay in place)."""
     w = config.logger.wandb
     mode = resolve_wandb_mode(w.mode)
     if mode == "disabled":
-        return False
+        return None
     import wandb
 
     try:
-        run = init_wandb(run_dir, config.to_dict(), mode, w.project, w.entity, run_dir.name)
+        run = init_wandb(run_dir, config.to_dict(), mode, w.project, w.entity, run_dir.name, options=w)
         run.log({"eval/video": [wandb.Video(str(p), format="mp4") for p in paths]})
         run.finish()
     except Exception as e:  # W&B is optional, as in RunLogger
-        print(f"wandb unavailable ({type(e).__name__}: {e}); videos are in {paths[0].parent}")
-        return False
-    return True
+        return " ".join(f"{type(e).__name__}: {e}".split())
+    return None

@@ -10,16 +10,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from rl_lab import distributed
-from rl_lab.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, reading_checkpoint, save_checkpoint
+import rl_lab.distributed as distributed
+from rl_lab.checkpoint import (
+    load_checkpoint,
+    load_module_state,
+    nonfinite_tensors,
+    reading_checkpoint,
+    save_checkpoint,
+    state_from_meta,
+)
 from rl_lab.config import TaskConfig
+from rl_lab.errors import Diverged
 from rl_lab.logger import RunLogger
 from rl_lab.optim import base_lr
 from rl_lab.seeding import rng_state, set_rng_state
@@ -54,6 +62,21 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
+class LossWatch:
+    """The run's logger for `train_epoch`: a logged row with a NaN or infinite loss stops the run (Diverged) at
+    that step, not an epoch later; tasks compute their loss on the host only for these rows (no sync per step)."""
+
+    def __init__(self, logger: RunLogger):
+        self.logger = logger
+
+    def log(self, step: int, metrics: dict, extra: dict | None = None) -> None:
+        Diverged.check(step, {k: v for k, v in metrics.items() if "loss" in k}, "training loss")
+        self.logger.log(step, metrics, extra)
+
+    def __getattr__(self, name: str):
+        return getattr(self.logger, name)
+
+
 class EpochTrainer:
     """Subclasses call `super().__init__`, build `data`, `model`, `optimizer`, `schedule` (and `ema`), then
     `ready()`; they write `train_epoch(logger)`, `validate() -> scores`, `test(model) -> scores`, `summary()`,
@@ -85,8 +108,10 @@ class EpochTrainer:
         self.run_dir = run_dir
         start = time.perf_counter()
         while state.epoch < config.train.epochs and not state.stopped_early:
-            self.train_epoch(logger)
-            self.end_epoch(self.validate(), logger)
+            self.train_epoch(LossWatch(logger))
+            val = self.validate()
+            self.check_finite(val)
+            self.end_epoch(val, logger)
             self.save(run_dir, logger, start)
         if state.final is None:  # a run resumed after its final checkpoint has logged this already
             state.final = self.test(self.best_model())
@@ -123,6 +148,15 @@ class EpochTrainer:
         per_s = state.train_examples / max(state.train_time_s, 1e-9)
         logger.log(state.step, row, extra={"time/train_examples_per_s": per_s})
 
+    def check_finite(self, val: dict) -> None:
+        """Stop the run (Diverged, exit status 3) after an epoch that left NaN or infinite weights or validation loss,
+        before it is checkpointed, so the last finite checkpoint stays the latest."""
+        step, key = self.state.step, self.selection[0]
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            raise Diverged(step, f"non-finite weights in {', '.join(bad[:3])}")
+        Diverged.check(step, {k: v for k, v in val.items() if "loss" in k or k == key}, "validation scores")
+
     def epoch_row(self) -> dict[str, float]:
         """Training figures of the epoch just ended, logged with its validation scores."""
         return {}
@@ -158,11 +192,10 @@ class EpochTrainer:
         meta.update(self.checkpoint_meta(), wall_time_s=s.wall_time_s + time.perf_counter() - start)
         save_checkpoint(run_dir / "checkpoints", s.step, torch_state, {}, meta, self.config.run.keep_checkpoints)
 
-    def resume(self, run_dir: Path) -> None:
-        """Load the latest checkpoint: weights, optimiser, schedule, EMA, best weights, RNGs and counters."""
-        path = latest_checkpoint(run_dir / "checkpoints")
-        torch_state, _, meta = load_checkpoint(path, self.device)
-        with reading_checkpoint(path):
+    def resume(self, checkpoint: Path) -> None:
+        """Load a checkpoint of this run: weights, optimiser, schedule, EMA, best weights, RNGs and counters."""
+        torch_state, _, meta = load_checkpoint(checkpoint, self.device)
+        with reading_checkpoint(checkpoint):
             load_module_state(self.model, torch_state["model"], "model")
             self.optimizer.load_state_dict(torch_state["optimizer"])
             self.schedule.load_state_dict(torch_state["schedule"])
@@ -171,7 +204,7 @@ class EpochTrainer:
             self.best = torch_state["best"]
             set_rng_state(self.rng, meta["rng"], torch_state["rng"])
             self.init_fingerprint = meta["init_fingerprint"]
-            self.state = EpochState(**{f.name: meta[f.name] for f in fields(EpochState)})
+            self.state = state_from_meta(EpochState, meta, checkpoint)
 
     def load_weights(self, checkpoint: Path) -> nn.Module:
         """The model a finished run was tested with (best validation weights, EMA if used), in eval mode."""

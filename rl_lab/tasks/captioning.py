@@ -34,6 +34,7 @@ from rl_lab.data.captions import (
     load_image,
 )
 from rl_lab.errors import UserError
+from rl_lab.extras import require
 from rl_lab.figures import pyplot, save_figure
 from rl_lab.logger import RunLogger
 from rl_lab.optim import make_epoch_schedule, make_optimizer
@@ -233,6 +234,7 @@ class CaptioningTrainer(EpochTrainer):
 
     def __init__(self, config: TaskConfig, device: torch.device, rng: np.random.Generator):
         super().__init__(config, device, rng)
+        require("caption", "pycocoevalcap", what="caption metrics (BLEU, CIDEr)")  # before training, not after
         c, d = config.task, config.data
         if d.name not in CAPTION_DATASETS:
             raise UserError(f"task captioning needs a captions dataset: data.name one of {', '.join(CAPTION_DATASETS)}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_lab import distributed
+import rl_lab.distributed as distributed
 from rl_lab.backbone import EncoderSpec, LinearHead, MLPHead, build_encoder
 from rl_lab.backbone.transfer import init_encoder, saved_spec
 from rl_lab.backbone.vision import fit_images
