@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     train = np.array([(r["step"], r["train/episode_return"]) for r in rows if "train/episode_return" in r])
-    evals = np.array([(r["step"], r["eval/return_mean"], r["eval/return_std"]) for r in rows if "eval/return_mean" in r])
+    evals = [(r["step"], r["eval/return_mean"], r["eval/return_std"]) for r in rows if "eval/return_mean" in r]
+    evals = np.array(evals)
     config = (args.run_dir / "config.yaml").read_text()
     plt = pyplot()
     fig, axes = plt.subplots(1, 2 if args.clock else 1, figsize=(12 if args.clock else 7, 4), dpi=120, squeeze=False)

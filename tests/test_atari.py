@@ -22,6 +22,7 @@ PONG = REPO / "configs" / "pong_dqn.yaml"
 TINY_ATARI = [
     "env.id=ALE/Breakout-v5",
     "env.kwargs.max_num_frames_per_episode=1200",
+    "env.vector=sync",  # gymnasium's envs, whose episodes a checkpoint holds: the resume is exact
     "device=cpu",
     "train.total_steps=400",
     "agent.learning_starts=100",
@@ -44,7 +45,7 @@ TINY_ATARI = [
 
 
 def test_pipeline_shapes_dtypes_and_a_reset_stack_of_one_frame():
-    envs = make_vector_env("ALE/Breakout-v5", 2)
+    envs = make_vector_env("ALE/Breakout-v5", 2, "sync")  # gymnasium's wrappers (2 envs would default to ale-py's)
     obs, info = envs.reset(seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     assert envs.single_action_space.n == 4
@@ -179,14 +180,15 @@ def test_ale_vector_env_run_resumes_with_model_optimiser_counters_and_replay_and
     """Two Breakout envs run on ale-py's AtariVectorEnv (env.vector auto), whose emulators cannot be saved. A run
     killed after a checkpoint resumes with its model, optimiser, counters and replay (priorities too) as saved, its
     episodes in progress restarted (each env's newest stored transition cut as truncated), says so in one line,
-    and trains on to the end. The exact-resume test above asks for one env, so that run stays on gymnasium's."""
+    and trains on to the end. The exact-resume test above asks for env.vector=sync."""
     from rl_lab import runs
     from rl_lab.checkpoint import load_checkpoint
     from rl_lab.envs import vector_kind
 
     assert vector_kind("ALE/Breakout-v5", 2) == "ale" and vector_kind("ALE/Breakout-v5", 1) == "sync"
     full, cut = tmp_path / "full", tmp_path / "cut"
-    result = run_rl_lab("train", PONG, *TINY_ATARI, "env.num_envs=2", f"run.dir={full}", cwd=tmp_path, timeout=600)
+    ale = ["env.num_envs=2", "env.vector=auto"]
+    result = run_rl_lab("train", PONG, *TINY_ATARI, *ale, f"run.dir={full}", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     shutil.copytree(full, cut)
     (cut / "summary.json").unlink()

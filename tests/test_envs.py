@@ -136,3 +136,20 @@ def test_ale_vector_env_is_atari_vector_env_and_refuses_to_restore():
     assert (obs[:, :3] == 0).all()  # AtariVectorEnv pads a new episode's stack with zeros
     with pytest.raises(UserError, match="cannot be resumed"):
         restore_vector_env(envs, snapshot_vector_env(envs))
+
+
+def test_env_vector_auto_is_ale_for_several_atari_envs_and_sync_otherwise():
+    from rl_lab.envs import vector_kind
+
+    assert vector_kind("ALE/Pong-v5", 8) == "ale" and vector_kind("ALE/Pong-v5", 1) == "sync"
+    assert vector_kind("CartPole-v1", 8) == "sync" and vector_kind("ALE/Pong-v5", 8, "async") == "async"
+    assert vector_kind("ALE/Pong-v5", 1, "sync", ale_vector_env=True) == "ale"  # older configs' switch
+    with pytest.raises(UserError, match="not an Atari game"):
+        vector_kind("CartPole-v1", 2, "ale")
+
+
+def test_env_vector_ale_for_a_non_atari_env_is_exit_2(tmp_path):
+    from conftest import CARTPOLE_CONFIG, run_rl_lab, user_error_line
+
+    result = run_rl_lab("train", CARTPOLE_CONFIG, "env.vector=ale", f"run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert "env.vector=ale" in user_error_line(result) and not (tmp_path / "r").exists()

@@ -202,7 +202,7 @@ class EnvLoop:
         with reading_checkpoint(checkpoint):
             return self._load(checkpoint)
 
-    def restart_episodes(self) -> str:
+    def restart_episodes(self, kept: str = "model, optimiser and counters") -> str:
         """Fresh episodes in every env, for envs whose state a checkpoint cannot hold (ale-py's AtariVectorEnv):
         the resumed run keeps its model, optimiser, counters and replay, not the episodes that were in progress."""
         seed = int(np.random.SeedSequence([self.config.seed, self.state.step]).generate_state(1)[0] >> 1)
@@ -211,7 +211,7 @@ class EnvLoop:
         self.episode_return[:], self.episode_length[:] = 0.0, 0
         return (
             f"the {self.envs.num_envs} episodes in progress were restarted (ale-py's AtariVectorEnv cannot save "
-            "them); model, optimiser, counters and replay are restored. env.vector=sync resumes exactly"
+            f"them); {kept} are restored. env.vector=sync resumes exactly"
         )
 
     def _load(self, path: Path) -> str | None:

@@ -89,9 +89,9 @@ class OffPolicyTrainer(EnvLoop):
     def train_metrics(self) -> dict[str, float]:
         return {**super().train_metrics(), "train/epsilon": self.agent.epsilon(self.state.step)}
 
-    def restart_episodes(self) -> str:
+    def restart_episodes(self, kept: str = "model, optimiser, counters and replay") -> str:
         self.buffer.cut_episodes()  # the replay's newest transitions end where the episodes were cut
-        return super().restart_episodes()
+        return super().restart_episodes(kept)
 
     def checkpoint_extras(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {}, {f"replay.{k}": v for k, v in self.buffer.state_dict().items()}

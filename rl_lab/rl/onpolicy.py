@@ -160,10 +160,10 @@ class OnPolicyTrainer(EnvLoop):
                 self.save(run_dir, start_time, logger)
         return self.finish(run_dir, logger, start_step, start_time)
 
-    def restart_episodes(self) -> str:
+    def restart_episodes(self, kept: str = "model, optimiser and counters") -> str:
         self.starts[:] = True
         self.rnn_state = self.agent.net.initial_state(self.envs.num_envs, self.agent.device)
-        return super().restart_episodes()
+        return super().restart_episodes(kept)
 
     def checkpoint_extras(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         tensors = {} if self.rnn_state is None else {"rnn_state": self.rnn_state}
