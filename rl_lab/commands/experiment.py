@@ -134,7 +134,10 @@ def cli_task(run_dir: str, start: list[str], log: str, threads: int) -> int:
             return 0
         print(experiments.header(argv, os.getpid()), end="", flush=True)
         try:  # argv is `train --resume RUN` or `train CONFIG OVERRIDES...` (experiments.next_command)
-            resume(argv[2]) if argv[1] == "--resume" else train(argv[1], argv[2:])
+            if argv[1] == "--resume":
+                resume(argv[2])
+            else:
+                train(argv[1], argv[2:])
         except UserError as err:
             print(f"rl-lab: error: {err}", flush=True)
             return 2
