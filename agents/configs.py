@@ -136,7 +136,7 @@ class PPOConfig(PolicyGradientConfig):
     name: str = "ppo"
     n_steps: int = 128  # rollout length per env; a rollout holds n_steps * env.num_envs samples
     epochs: int = 4  # passes over each rollout
-    batch_size: int = 256  # samples per minibatch; a recurrent policy takes batch_size // seq_len env sequences
+    batch_size: int = 256  # samples per minibatch (all torchrun processes'); recurrent: batch_size // seq_len sequences
     seq_len: int | None = None  # recurrent policies: sequence length of a minibatch (null: n_steps, whole rollouts)
     gae_lambda: float = 0.95
     clip_range: float = 0.2  # epsilon of the clipped surrogate

@@ -7,6 +7,7 @@ from __future__ import annotations
 from rl_lab.agents.configs import PolicyGradientConfig
 from rl_lab.backbone.transfer import init_encoder
 from rl_lab.checkpoint import load_module_state
+from rl_lab.distributed import average_gradients
 from rl_lab.optim import anneal, clip_gradients, make_optimizer
 from rl_lab.rl.policy import GreedyPolicy, PolicyNetwork
 
@@ -32,6 +33,7 @@ class PolicyGradientAgent:
         anneal(self.optimizer, self.cfg.optim, step, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.net.parameters())  # data-parallel (PPO under torchrun): the mean over processes
         norm = clip_gradients(self.net.parameters(), self.cfg.optim)
         self.optimizer.step()
         return norm

@@ -14,14 +14,27 @@ from pi_old exceeds 1.5 * target_kl (SB3's rule), before stepping on it. A recur
 learns from minibatches of whole env sequences (seq_len steps each, n_steps by default), each replayed from the
 recurrent state stored at its first step. Env stepping and rollouts live in rl_lab.rl.onpolicy; the settings are
 PPOConfig in agents/configs.py.
+
+Data-parallel under torchrun (N processes, each with env.num_envs envs of its own): the N rollouts together are the
+global rollout of one process with N * num_envs envs, and every update is that process's update. An epoch's order
+is drawn over the global rollout (the same torch RNG on every process) and each process takes its own samples in
+that order; a minibatch is batch_size samples globally, batch_size / N from each process's rollout (so batch_size,
+in sequences for a recurrent policy, must be a multiple of N). Everything a minibatch averages is global: the
+gradients (all-reduced, rl_lab.distributed.average_gradients), the advantage normalisation (mean and std of the
+whole minibatch, gathered), the approximate KL that may stop the update (so every process stops at the same
+minibatch), and the logged figures. With full-batch minibatches (batch_size >= the global rollout) an update is
+therefore the single process's up to float rounding; smaller minibatches draw batch_size / N samples from each
+process rather than batch_size from the pooled rollout.
 """
 
 from __future__ import annotations
 
 import torch
 
+import rl_lab.distributed as distributed
 from rl_lab.agents.configs import PPOConfig
 from rl_lab.agents.policy_gradient import PolicyGradientAgent
+from rl_lab.errors import UserError
 from rl_lab.optim import base_lr
 from rl_lab.rl.onpolicy import Rollout
 from rl_lab.rl.returns import gae
@@ -64,9 +77,24 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 
 class PPO(PolicyGradientAgent):
+    data_parallel = True  # trains under torchrun (see the module's docstring)
+
     def __init__(self, cfg: PPOConfig, observation_space, action_space, device, total_steps: int):
         super().__init__(cfg, observation_space, action_space, device, total_steps, value=True)
         self.n_steps = cfg.n_steps
+        self.rank, self.world = distributed.rank_and_world()
+        per_batch = max(1, cfg.batch_size // self.sequence_length(cfg.n_steps))
+        if per_batch % self.world:
+            what = f"minibatches of {per_batch} sequences" if self.net.recurrent else "it"
+            raise UserError(
+                f"batch_size={cfg.batch_size}: under torchrun {what} must be a multiple of the {self.world} processes "
+                f"(each takes 1/{self.world} of every minibatch from its own rollout)"
+            )
+
+    def sequence_length(self, steps: int) -> int:
+        """Steps per minibatch sequence: seq_len (whole rollouts of `steps` when null) for a recurrent policy, 1
+        (single samples) for a feed-forward one."""
+        return (self.cfg.seq_len or steps) if self.net.recurrent else 1
 
     def clip_range(self, step: int) -> float:
         cfg = self.cfg
@@ -76,12 +104,17 @@ class PPO(PolicyGradientAgent):
     def minibatches(self, steps: int, envs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's minibatches in a random order, as (time, env) index grids of shape (L, B): L = 1 and B =
         batch_size single samples for a feed-forward policy; L = seq_len steps of B = batch_size // L env
-        sequences for a recurrent one. The last minibatch takes what is left."""
-        cfg = self.cfg
-        length = (cfg.seq_len or steps) if self.net.recurrent else 1
+        sequences for a recurrent one. The last minibatch takes what is left. Data-parallel: the order is drawn over
+        all processes' sequences (env e of rank r is env r * envs + e of the global rollout) and this process
+        keeps its own, batch_size / N of them (in samples) per minibatch."""
+        cfg, world = self.cfg, self.world
+        length = self.sequence_length(steps)
         chunks = steps // length  # sequences per env
-        order = torch.randperm(chunks * envs)  # the global torch RNG: checkpointed, so resumes are exact
-        per_batch = max(1, cfg.batch_size // length)
+        order = torch.randperm(chunks * envs * world)  # the global torch RNG: checkpointed, so resumes are exact
+        if world > 1:  # this process's sequences, in that order, as indices of its own rollout
+            order = order[order % (envs * world) // envs == self.rank]
+            order = order // (envs * world) * envs + order % envs
+        per_batch = max(1, cfg.batch_size // length) // world
         grids = []
         for batch in order.split(per_batch):
             time = (batch // envs)[None] * length + torch.arange(length)[:, None]
@@ -110,11 +143,14 @@ class PPO(PolicyGradientAgent):
                 time, env = time.to(self.device), env.to(self.device)
                 dist, values = self.forward(r, time, env)
                 adv = advantages[time, env]
-                if cfg.normalize_advantages and adv.numel() > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                whole = distributed.gather(adv) if cfg.normalize_advantages else adv  # all processes' minibatch
+                if cfg.normalize_advantages and whole.numel() > 1:
+                    adv = (adv - whole.mean()) / (whole.std() + 1e-8)
                 policy_loss, approx_kl, clip_fraction = clipped_surrogate(
                     dist.log_prob(r.actions[time, env]), r.log_probs[time, env], adv, clip_range
                 )
+                if cfg.target_kl is not None:
+                    approx_kl = distributed.mean(approx_kl)  # every process stops at the same minibatch
                 if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
                     stopped = True  # this minibatch is not stepped on
                     break
@@ -131,9 +167,14 @@ class PPO(PolicyGradientAgent):
                     sums[key] = sums[key] + value
             if stopped:
                 break
+        distributed.broadcast_buffers(self.net)  # batch-norm statistics, if any, as rank 0's
+        if self.world > 1:  # the means over processes of each one's means (equal shares of every minibatch)
+            local = torch.tensor([float(v) for v in sums.values()], dtype=torch.float64, device=self.device)
+            sums = dict(zip(sums, distributed.mean(local).tolist(), strict=True))
         metrics = {k: float(v) / max(updates, 1) for k, v in sums.items()}
+        all_values, all_returns = distributed.gather(r.values, 1), distributed.gather(returns, 1)  # (T, N * envs)
         metrics.update(
-            explained_variance=explained_variance(r.values.flatten(), returns.flatten()),
+            explained_variance=explained_variance(all_values.flatten(), all_returns.flatten()),
             updates=updates,
             kl_stop=float(stopped),
             clip_range=clip_range,

@@ -14,6 +14,9 @@ Actions (`actions=`):
   continuous  Box(-1, 1, (2 + classes,)): the first two numbers are the next location; once the budget is spent
               the step answers argmax of the remaining numbers. Every episode is exactly `glimpses` steps long.
 
+render_mode="rgb_array" draws the image with the glimpse's squares (one per scale) and the places looked at so far
+(`rl-lab eval RUN_DIR --video N` films them); the frame after the answer is framed green (right) or red (wrong).
+
 RAM itself trains on the batched torch version of this task (agents/ram.py) for speed.
 """
 
@@ -28,7 +31,9 @@ import torch
 
 from rl_lab.data import load_dataset
 from rl_lab.errors import UserError
-from rl_lab.ram.sensor import glimpse
+from rl_lab.ram.sensor import glimpse, patch_sides, pixel_centres
+
+FRAME = 240  # rendered frames are about this many pixels wide: each image pixel a square of pixels
 
 
 @lru_cache(maxsize=4)
@@ -39,7 +44,7 @@ def _images(dataset: str, split: str, seed: int, options: tuple) -> tuple[torch.
 
 
 class GlimpseEnv(gym.Env):
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
     def __init__(
         self,
@@ -53,6 +58,7 @@ class GlimpseEnv(gym.Env):
         scale: int = 2,
         actions: Literal["discrete", "continuous"] = "discrete",
         grid: int = 5,
+        render_mode: str | None = None,
     ):
         for name, value in {
             "glimpses": glimpses,
@@ -66,6 +72,9 @@ class GlimpseEnv(gym.Env):
             raise UserError(f"Glimpse env: actions={actions!r} must be 'discrete' or 'continuous'")
         if not (isinstance(grid, int) and grid >= 1):
             raise UserError(f"Glimpse env: grid={grid!r} must be an integer >= 1")
+        if render_mode not in (None, "rgb_array"):
+            raise UserError(f"Glimpse env: render_mode={render_mode!r}: only rgb_array")
+        self.render_mode = render_mode
         self.images, self.labels, self.num_classes = _images(
             dataset, split, data_seed, tuple(sorted((data_kwargs or {}).items()))
         )
@@ -81,6 +90,8 @@ class GlimpseEnv(gym.Env):
             self.action_space = gym.spaces.Box(-1.0, 1.0, (2 + self.num_classes,), dtype=np.float32)
         self.index, self.seen = 0, 0
         self.location = np.zeros(2, dtype=np.float32)
+        self.path: list[np.ndarray] = []  # the locations looked at in this episode (render)
+        self.outcome: bool | None = None  # the answer's correctness once given (render)
 
     def _observe(self) -> np.ndarray:
         image = self.images[self.index : self.index + 1]
@@ -93,6 +104,7 @@ class GlimpseEnv(gym.Env):
         self.index = int(self.np_random.integers(len(self.labels)))
         self.location = np.zeros(2, dtype=np.float32)
         self.seen = 1
+        self.path, self.outcome = [self.location], None
         return self._observe(), {"label": int(self.labels[self.index])}
 
     def step(self, action):
@@ -112,9 +124,58 @@ class GlimpseEnv(gym.Env):
                 return self._answer(int(np.argmax(action[2:])) == label, label)
             location = action[:2]
         self.location = np.clip(location, -1, 1).astype(np.float32)
+        self.path.append(self.location)
         self.seen += 1
         return self._observe(), 0.0, False, False, {"label": label}
 
     def _answer(self, correct: bool, label: int):
         self.seen = self.glimpses
+        self.outcome = bool(correct)
         return self._observe(), float(correct), True, False, {"label": label, "correct": bool(correct)}
+
+    def render(self) -> np.ndarray | None:
+        """The image (grey), the places looked at so far (cyan dots), the current glimpse's squares (yellow, one per
+        scale) and, after the answer, a green (right) or red (wrong) frame: (H * z, W * z, 3) uint8."""
+        if self.render_mode != "rgb_array":
+            return None
+        image = self.images[self.index].mean(0).numpy()
+        height, width = image.shape
+        zoom = max(1, -(-FRAME // width))
+        frame = np.repeat(np.repeat((image * 255).astype(np.uint8), zoom, 0), zoom, 1)
+        frame = np.repeat(frame[..., None], 3, axis=2)
+        rows, cols = pixel_centres(torch.from_numpy(np.stack(self.path)), height, width)
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            _box(frame, row * zoom + zoom // 2, col * zoom + zoom // 2, max(2, zoom), (0, 255, 255), fill=True)
+        size, scales, scale = self.sensor
+        for side in patch_sides(size, scales, scale):  # patch side P covers pixels centre - P//2 .. + P - 1
+            top, left = (rows[-1].item() - side // 2) * zoom, (cols[-1].item() - side // 2) * zoom
+            _box(frame, top + side * zoom // 2, left + side * zoom // 2, side * zoom, (255, 220, 0))
+        if self.outcome is not None:
+            _box(
+                frame,
+                frame.shape[0] // 2,
+                frame.shape[1] // 2,
+                frame.shape[0],
+                (0, 200, 0) if self.outcome else (220, 0, 0),
+            )
+        return frame
+
+
+def _box(frame: np.ndarray, row: int, col: int, side: int, colour, fill: bool = False, width: int = 2) -> None:
+    """A square of `side` pixels centred at (row, col), its outline `width` pixels thick (or filled), clipped."""
+    top, left = row - side // 2, col - side // 2
+    bottom, right = top + side, left + side
+    height, wide = frame.shape[:2]
+
+    def paint(r0, r1, c0, c1):
+        r0, r1, c0, c1 = max(r0, 0), min(r1, height), max(c0, 0), min(c1, wide)
+        if r0 < r1 and c0 < c1:
+            frame[r0:r1, c0:c1] = colour
+
+    if fill:
+        paint(top, bottom, left, right)
+        return
+    paint(top, top + width, left, right)
+    paint(bottom - width, bottom, left, right)
+    paint(top, bottom, left, left + width)
+    paint(top, bottom, right - width, right)

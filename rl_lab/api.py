@@ -204,17 +204,14 @@ class Agent:
         return make_env(self.env_id, **{**self.config.env.kwargs, **kwargs})
 
     def evaluate(self, episodes: int | None = None, *, epsilon: float | None = None, seed: int | None = None) -> dict:
-        from rl_lab.rl.evaluation import eval_stats, eval_vector
-        from rl_lab.rl.evaluation import evaluate as run_episodes
+        from rl_lab.rl.evaluation import eval_stats, evaluate_run
 
         c = self.config
         episodes = episodes or c.eval.episodes
         epsilon = c.eval.epsilon if epsilon is None else epsilon
         seed = c.seed + c.eval.seed_offset if seed is None else seed
         with _process_state(), _inference():
-            result = run_episodes(
-                self._agent.greedy, c.env.id, episodes, seed, epsilon, c.env.kwargs, vector=eval_vector(c.env)
-            )
+            result = evaluate_run(self._agent.greedy, c, episodes, seed, epsilon)
         return {**eval_stats(result, c.env.id), "returns": result["returns"].tolist()}
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,25 @@ import yaml
 from rl_lab.errors import UserError
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 32-bit seeds
+
+
+class _StrictBoolLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case as YAML allows) are booleans; yes, no,
+    on, off stay strings, so `agent.double_dqn=yes` is refused rather than silently true."""
+
+
+_StrictBoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictBoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML (a file or an override's value): yaml.safe_load, but only true/false are booleans."""
+    return yaml.load(text, Loader=_StrictBoolLoader)  # a SafeLoader: no Python objects
 
 
 class InvalidValue(ValueError):
@@ -104,6 +124,7 @@ class EvalConfig:
     episodes: int = 20
     every: int = 10_000  # environment steps between evaluations during training; 0 = only at the end
     epsilon: float = 0.0  # epsilon-greedy evaluation (0 = greedy)
+    deterministic: bool = True  # false: sample actions from the policy's distribution (policy-gradient agents)
     seed_offset: int = 10_000  # evaluation envs are seeded apart from training envs
 
     def __post_init__(self):
@@ -289,7 +310,7 @@ def apply_override(data: dict, item: str | tuple[str, Any]) -> None:
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form dotted.key=value (e.g. agent.optim.lr=1e-3)")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
     node = data
@@ -396,8 +417,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif tp in (bool, str):
-        if isinstance(value, tp):
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InvalidValue(f"{key}={value!r}", "wrong type, expected bool: true or false")
+    elif tp is str:
+        if isinstance(value, str):
             return value
     elif origin is list or tp is list:
         if isinstance(value, list):

@@ -9,6 +9,7 @@ lays out, writes (making the directory) and closes a figure; every figure of the
     plot_grid_values       grid-world values and policies side by side (rl-lab solve)
     plot_confusion_matrix  a classification run's test confusion matrix (confusion_matrix counts it)
     plot_epochs            a classification run's accuracy and loss per epoch
+    plot_loss_and_scores   a task's training loss per step and validation scores per epoch (captioning)
     plot_curve_bands       mean learning curves over seeds with bootstrap bands, one colour per entry (rl-lab compare)
     plot_performance_profile  fraction of runs above each score, with bands (rl-lab compare)
 """
@@ -43,9 +44,11 @@ def _headless() -> bool:
 
 
 def save_figure(fig, out_path: str | Path, **savefig_kwargs) -> Path:
-    """Lay out, write (making the directory) and close a figure; savefig_kwargs go to fig.savefig."""
+    """Lay out (tightly, unless the figure has its own layout engine), write (making the directory) and close a
+    figure; savefig_kwargs go to fig.savefig."""
     out_path = Path(out_path)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, **savefig_kwargs)
     pyplot().close(fig)
@@ -57,16 +60,14 @@ def plot_learning_curve(metrics_path: Path, out_path: Path, title: str) -> Path:
     plt = pyplot()
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["train/episode_return"]) for r in rows if "train/episode_return" in r]
-    evals = [(r["step"], r["eval/return_mean"], r["eval/return_std"]) for r in rows if "eval/return_mean" in r]
+    evals = [(r["step"], *return_band(r)) for r in rows if "eval/return_mean" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if train:
         steps, values = zip(*train, strict=True)
         ax.plot(steps, values, label="train episode return (recent mean)", color="tab:blue", alpha=0.8)
     if evals:
-        steps, means, stds = zip(*evals, strict=True)
-        low = [m - s for m, s in zip(means, stds, strict=True)]
-        high = [m + s for m, s in zip(means, stds, strict=True)]
-        ax.plot(steps, means, "o-", label="eval return (mean ± std)", color="tab:orange")
+        steps, means, low, high = zip(*evals, strict=True)
+        ax.plot(steps, means, "o-", label="eval return (mean ± std, within min / max)", color="tab:orange")
         ax.fill_between(steps, low, high, color="tab:orange", alpha=0.2)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
@@ -74,6 +75,27 @@ def plot_learning_curve(metrics_path: Path, out_path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return save_figure(fig, out_path)
+
+
+def return_band(row: dict) -> tuple[float, float, float]:
+    """An evaluation's mean and its mean ± std band, clipped to the returns it saw (eval/return_min / _max when
+    logged): a band never claims returns the episodes could not have (above a cap, below the worst score)."""
+    mean, std = row["eval/return_mean"], row.get("eval/return_std") or 0.0
+    low, high = mean - std, mean + std
+    if row.get("eval/return_min") is not None:
+        low = max(low, row["eval/return_min"])
+    if row.get("eval/return_max") is not None:
+        high = min(high, row["eval/return_max"])
+    return mean, low, high
+
+
+def text_colours(rgba: np.ndarray) -> list[str]:
+    """Black or white, whichever reads on each background colour (N, 3 or 4) in [0, 1]: by relative luminance."""
+    rgb = np.asarray(rgba, dtype=float)[:, :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)  # sRGB -> linear light
+    luminance = linear @ np.array([0.2126, 0.7152, 0.0722])
+    # the contrast ratio with black, (L + 0.05) / 0.05, beats white's, 1.05 / (L + 0.05), above L = 0.179
+    return ["black" if value > 0.179 else "white" for value in luminance]
 
 
 def plot_grid_values(grid, panels: list[tuple[str, object, object]], out_path: Path, title: str) -> Path:
@@ -96,8 +118,10 @@ def plot_grid_values(grid, panels: list[tuple[str, object, object]], out_path: P
         for i, j in cells[~live]:
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.65"))
             ax.text(j, i, "T", ha="center", va="center", fontsize=fontsize + 2)
-        for (i, j), v in zip(cells[live], values[live], strict=True):
-            ax.text(j, i - 0.3, f"{v:.1f}", ha="center", va="center", fontsize=fontsize, color="white")
+        ink = np.full(len(values), "white", dtype=object)  # per state: black on light cells, white on dark ones
+        ink[live] = text_colours(shown.cmap(shown.norm(values[live])))
+        for (i, j), v, colour in zip(cells[live], values[live], ink[live], strict=True):
+            ax.text(j, i - 0.3, f"{v:.1f}", ha="center", va="center", fontsize=fontsize, color=colour)
         states, actions = np.nonzero((policy > 0) & live[:, None])
         dy, dx = MOVES[actions].T
         ax.quiver(  # each arrow starts a little off the centre so that several stay apart
@@ -108,7 +132,7 @@ def plot_grid_values(grid, panels: list[tuple[str, object, object]], out_path: P
             angles="xy",
             scale_units="xy",
             scale=1,
-            color="white",
+            color=list(ink[states]),
             width=0.012,
         )
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
@@ -159,6 +183,29 @@ def plot_epochs(metrics_path: Path, out_path: Path, title: str) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_path)
+
+
+def plot_loss_and_scores(metrics_path: Path, out_path: Path, title: str, scores: tuple[str, ...]) -> Path:
+    """A task's training loss against optimiser steps and its validation `scores` (metrics.jsonl keys, e.g.
+    val/cider) against epochs: the learning curve of a task without an accuracy (captioning)."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, (loss_ax, score_ax) = pyplot().subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    losses = [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss") is not None]
+    if losses:
+        loss_ax.plot(*zip(*losses, strict=True), "-" if len(losses) > 20 else "o-", markersize=3, label="train")
+    loss_ax.set(xlabel="optimiser step", ylabel="training loss")
+    epochs = [r for r in rows if "epoch" in r and any(r.get(key) is not None for key in scores)]
+    for key in scores:
+        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            score_ax.plot(*zip(*points, strict=True), "o-", markersize=3, label=key)
+    score_ax.set(xlabel="epoch", ylabel="validation score")
+    for ax in (loss_ax, score_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, out_path)
 

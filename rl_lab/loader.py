@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from rl_lab.config import Config, InvalidValue, TaskConfig, apply_override, build_dataclass, yaml_problem
+from rl_lab.config import Config, InvalidValue, TaskConfig, apply_override, build_dataclass, load_yaml, yaml_problem
 from rl_lab.errors import UserError
 from rl_lab.fileio import read_user_text
 
@@ -33,6 +33,8 @@ TASKS: dict[str, tuple[str, str]] = {
     "captioning": ("rl_lab.tasks.configs:CaptioningConfig", "rl_lab.tasks.captioning:CaptioningTrainer"),
     "ram": ("rl_lab.tasks.configs:RAMTaskConfig", "rl_lab.ram.task:RAMTrainer"),  # the recurrent attention model
 }
+# the settings of every agent with a policy distribution (eval.deterministic=false samples from it)
+SAMPLED_POLICIES = "rl_lab.agents.configs:PolicyGradientConfig"
 # the training loop an agent class names in its `loop` attribute
 LOOPS = {"offpolicy": "rl_lab.rl.offpolicy:OffPolicyTrainer", "onpolicy": "rl_lab.rl.onpolicy:OnPolicyTrainer"}
 
@@ -42,7 +44,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config | TaskCon
     path = Path(path)
     text = read_user_text(path, "config file")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
@@ -71,6 +73,11 @@ def config_from_dict(data: dict, source: str = "config") -> Config | TaskConfig:
             from rl_lab.envs import check_env_id  # gymnasium, not torch
 
             check_env_id(config.env.id)
+            if not config.eval.deterministic and not isinstance(config.agent, resolve(SAMPLED_POLICIES)):
+                raise InvalidValue(
+                    "eval.deterministic=False",
+                    f"{config.agent.name} acts on values, it has no policy to sample; use eval.epsilon instead",
+                )
     except InvalidValue as err:
         raise UserError(f"{source}: {err.key}: {err}") from None
     except UserError as err:
@@ -89,6 +96,7 @@ def build_trainer(config: Config | TaskConfig):
     happens here, before any file is written."""
     import torch
 
+    import rl_lab.distributed as distributed
     from rl_lab.device import choose_threads, select_device
     from rl_lab.seeding import seed_everything
 
@@ -96,17 +104,17 @@ def build_trainer(config: Config | TaskConfig):
     config.torch_threads, _ = choose_threads(config.torch_threads, uses_small_network(config))
     torch.set_num_threads(config.torch_threads)
     if isinstance(config, TaskConfig):
-        import rl_lab.distributed as distributed
-
         device = select_device(distributed.setup(config.device))
         rng = seed_everything(config.seed)
         return resolve(TASKS[config.task.name][1])(config, device, rng)
     from rl_lab.envs import make_vector_env
 
-    device = select_device(config.device)
-    rng = seed_everything(config.seed)
-    envs = make_vector_env(config.env.id, config.env.num_envs, config.env.vector, **config.env.kwargs)
     agent_cls = resolve(AGENTS[config.agent.name][1])
+    if distributed.launched() and not getattr(agent_cls, "data_parallel", False):
+        raise UserError(f"agent {config.agent.name} trains in one process; run it without torchrun (ppo runs under it)")
+    device = select_device(distributed.setup(config.device))  # under torchrun: joins the process group
+    rng = seed_everything(config.seed)  # the same seed in every process (their envs' seeds differ)
+    envs = make_vector_env(config.env.id, config.env.num_envs, config.env.vector, **config.env.kwargs)
     try:
         agent = agent_cls(
             config.agent, envs.single_observation_space, envs.single_action_space, device, config.train.total_steps

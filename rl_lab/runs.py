@@ -121,7 +121,10 @@ class Run:
     def header(self) -> str:
         """One line that says what trains where: the run directory, the device and the CPU threads."""
         c, trainer = self.config, self.trainer
-        what = f"{c.agent.name} on {c.env.id}" if hasattr(c, "agent") else f"{c.task.name} on {c.data.name}"
+        if hasattr(c, "agent"):
+            what = f"{c.agent.name} on {c.env.id}"
+        else:  # a task: the model it trains (lenet, ram (6 glimpses), ...)
+            what = f"{getattr(trainer, 'model_name', c.task.name)} on {c.data.name}"
         device = trainer.agent.device if hasattr(trainer, "agent") else trainer.device
         threads = f"{c.torch_threads}{' (auto)' if self.auto_threads else ''}"
         return f"{what}: run dir {self.dir}, device {device}, torch threads {threads}"
@@ -225,7 +228,8 @@ def reopen_run(run_dir: str | Path) -> tuple[Run, Path | None, str | None]:
     were restarted rather than restored (ale-py's AtariVectorEnv)."""
     run = open_run(run_dir)
     try:
-        run.lock = RunLock(run.dir)
+        if distributed.is_main_process():  # torchrun: rank 0 holds the lock for all, as in start_run
+            run.lock = RunLock(run.dir)
     except OSError as err:
         if not environment_error(err):
             raise

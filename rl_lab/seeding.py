@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +16,15 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded with `seed` inside the block and restored after it: an evaluation that samples
+    actions draws the same ones every time, and leaves the training run's random stream as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def rng_state(rng: np.random.Generator) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -76,7 +76,7 @@ def test_nature_cnn_scales_uint8_inside_forward() -> None:
 
 def test_build_fills_defaults_into_spec() -> None:
     enc = build_encoder(EncoderSpec("mlp", [4], {}))
-    assert enc.spec == EncoderSpec("mlp", (4,), {"hidden_sizes": [64, 64], "activation": "relu"})
+    assert enc.spec == EncoderSpec("mlp", (4,), {"hidden_sizes": [64, 64], "activation": "relu", "init": "torch"})
 
 
 def test_spec_json_round_trip() -> None:
@@ -107,11 +107,29 @@ def test_unknown_encoder_name_lists_valid_names() -> None:
         (EncoderSpec("nature_cnn", (4,), {}), "input_shape"),
         (EncoderSpec("nature_cnn", (4, 20, 20), {}), "36x36"),
         (EncoderSpec("mlp", (0,), {}), "input_shape"),
+        (EncoderSpec("mlp", (4,), {"init": "xavier"}), "init"),
+        (EncoderSpec("nature_cnn", (4, 84, 84), {"init": "kaiming"}), "init"),
     ],
 )
 def test_bad_kwargs_raise_user_error_naming_them(spec: EncoderSpec, named: str) -> None:
     with pytest.raises(UserError, match=named):
         build_encoder(spec)
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN])
+def test_orthogonal_init_gives_orthogonal_weights_of_gain_sqrt2_and_zero_biases(spec: EncoderSpec) -> None:
+    torch.manual_seed(0)
+    default = build_encoder(spec)
+    torch.manual_seed(0)
+    orthogonal = build_encoder(EncoderSpec(spec.name, spec.input_shape, {**spec.kwargs, "init": "orthogonal"}))
+    layers = [m for m in orthogonal.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert len(layers) == (2 if spec is MLP else 4)
+    for layer in layers:
+        w = layer.weight.flatten(1)  # (out, in): orthogonal rows (or columns, whichever are fewer), norm sqrt(2)
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        assert torch.allclose(gram, 2 * torch.eye(len(gram)), atol=1e-4)
+        assert not layer.bias.any()
+    assert any(m.bias.any() for m in default.modules() if isinstance(m, torch.nn.Linear))  # torch's default differs
 
 
 def test_spec_from_dict_rejects_malformed() -> None:
@@ -230,7 +248,7 @@ def test_save_files_are_plain_json_and_safetensors(tmp_path: Path) -> None:
     assert spec == {
         "name": "mlp",
         "input_shape": [4],
-        "kwargs": {"hidden_sizes": [64, 64], "activation": "relu"},
+        "kwargs": {"hidden_sizes": [64, 64], "activation": "relu", "init": "torch"},
     }
     tensors = safetensors.torch.load_file(tmp_path / "encoder.safetensors")
     assert tensors.keys() == enc.state_dict().keys()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import matplotlib.image
 import pytest
 import torch
+import yaml
 from conftest import REPO, run_rl_lab, user_error_line
 from PIL import Image
 
 from rl_lab.backbone import EncoderSpec, build_encoder
-from rl_lab.data.captions import Vocabulary, scene_split
+from rl_lab.data.captions import Vocabulary, load_captions, load_image, scene_split
 from rl_lab.tasks.captioning import Captioner, caption_loss, caption_scores
 
 CONFIG = REPO / "configs" / "shapes_caption.yaml"
@@ -160,6 +162,35 @@ def test_caption_command_prints_a_caption_and_draws_attention(tiny_run, tmp_path
     assert same.returncode == 0 and "attention map" not in same.stdout
     missing = run_rl_lab("caption", tiny_run, tmp_path / "nope.png", cwd=tmp_path)
     assert "image not found" in user_error_line(missing)
+
+
+def test_a_captioning_run_draws_its_learning_curve(tiny_run):
+    curve = tiny_run / "plots" / "learning_curve.png"
+    picture = matplotlib.image.imread(curve)[..., :3]
+    assert picture.std() > 0.05  # drawn, not a blank canvas
+
+
+def test_caption_samples_writes_held_out_images_to_caption(tiny_run, tmp_path):
+    out = tmp_path / "samples"
+    result = run_rl_lab("caption", tiny_run, "--samples", out, "--count", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load((tiny_run / "config.yaml").read_text())["data"]
+    test = load_captions(data["name"], "test", **data["kwargs"])
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["test-0.png", "test-1.png", "test-2.png"]
+    for i, png in enumerate(pngs):  # the split's images, pixel for pixel at the model's size
+        assert (load_image(png, 32) == test.images[i].numpy()).all()
+    references = (out / "captions.txt").read_text().splitlines()
+    assert references[0] == "test-0.png: " + " | ".join(" ".join(ref) for ref in test.captions[0])
+    assert f"caption one: rl-lab caption {tiny_run} {pngs[0]} --attention" in result.stdout
+    captioned = run_rl_lab("caption", tiny_run, pngs[0], cwd=tmp_path)
+    assert captioned.returncode == 0 and captioned.stdout.strip()
+    novel = run_rl_lab("caption", tiny_run, "--samples", tmp_path / "novel", "--split", "novel", cwd=tmp_path)
+    assert novel.returncode == 0 and len(list((tmp_path / "novel").glob("novel-*.png"))) == 8
+    assert "--split nope" in user_error_line(
+        run_rl_lab("caption", tiny_run, "--samples", out, "--split", "nope", cwd=tmp_path)
+    )
+    assert "needs an image, or --samples DIR" in user_error_line(run_rl_lab("caption", tiny_run, cwd=tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,9 @@ def test_ram_task_trains_resumes_exactly_and_evaluates(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     result = run_rl_lab("train", REPO / "configs" / "ram_mnist.yaml", *TINY_RAM, f"run.dir={full}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    assert header.startswith("ram (3 glimpses) on digits: run dir")  # the model, not its glimpse encoder (mlp)
+    assert "\nram (3 glimpses) on digits (seed 0): 2 epochs" in result.stdout
     summary = json.loads((full / "summary.json").read_text())
     for key in ("test_acc", "test_acc_mean_location", "test_error", "test_error_mean_location"):
         assert 0.0 <= summary[key] <= 1.0
@@ -199,7 +202,7 @@ def test_policy_gradient_agents_run_on_the_glimpse_env(tmp_path, config):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] >= 512
     assert 0.0 <= summary["final_eval"]["return_mean"] <= 1.0
-    assert 1.0 <= summary["final_eval"]["length_mean"] <= 4.0  # the glimpse budget of the config
+    assert 1.0 <= summary["final_eval"]["length_mean"] <= 3.0  # the glimpse budget of the config
 
 
 @pytest.mark.learning

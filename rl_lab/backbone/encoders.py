@@ -96,6 +96,25 @@ def mlp_layers(in_dim: int, hidden_sizes: list[int], activation: str) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+WEIGHT_INITS = ("torch", "orthogonal")
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    """Orthogonal weights with gain sqrt(2) and zero biases for every conv and linear layer, whatever the activation:
+    the convention of the A2C/PPO reference implementations (OpenAI baselines, SB3, CleanRL; Engstrom et al. 2020)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, math.sqrt(2))
+            nn.init.zeros_(m.bias)
+
+
+def _check_weight_init(spec: EncoderSpec) -> None:
+    if spec.kwargs["init"] not in WEIGHT_INITS:
+        raise UserError(
+            f"encoder '{spec.name}' kwarg 'init' must be one of {list(WEIGHT_INITS)}, got {spec.kwargs['init']!r}"
+        )
+
+
 ENCODERS: dict[str, type[Encoder]] = {}  # name -> class; filled by Encoder subclasses as they are defined
 
 
@@ -125,18 +144,22 @@ class MLPEncoder(Encoder):
     names = ("mlp",)
     """Flattens any input shape and applies an MLP; for vector observations."""
 
-    defaults: ClassVar[dict[str, Any]] = {"hidden_sizes": [64, 64], "activation": "relu"}
+    # init: torch's default (uniform, fan-in scaled) or orthogonal (gain sqrt(2)) as the A2C/PPO references use
+    defaults: ClassVar[dict[str, Any]] = {"hidden_sizes": [64, 64], "activation": "relu", "init": "torch"}
 
     def __init__(self, spec: EncoderSpec) -> None:
         hidden = spec.kwargs["hidden_sizes"]
         in_dim = math.prod(spec.input_shape)
         super().__init__(spec, hidden[-1] if hidden else in_dim)
         self.net = mlp_layers(in_dim, hidden, spec.kwargs["activation"])
+        if spec.kwargs["init"] == "orthogonal":
+            orthogonal_init(self.net)
 
     @classmethod
     def check(cls, spec: EncoderSpec) -> None:
         _positive_int_list(spec.name, "hidden_sizes", spec.kwargs["hidden_sizes"])
         _activation(spec.name, "activation", spec.kwargs["activation"])
+        _check_weight_init(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -152,7 +175,11 @@ class NatureCNN(Encoder):
     [channels, kernel, stride] per layer; small frames take smaller stacks (MinAtar: [[16, 3, 1]], features 128).
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"features": 512, "convs": [[32, 8, 4], [64, 4, 2], [64, 3, 1]]}
+    defaults: ClassVar[dict[str, Any]] = {
+        "features": 512,
+        "convs": [[32, 8, 4], [64, 4, 2], [64, 3, 1]],
+        "init": "torch",  # or orthogonal (gain sqrt(2)), as the A2C/PPO references initialise this torso
+    }
 
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__(spec, spec.kwargs["features"])
@@ -165,6 +192,8 @@ class NatureCNN(Encoder):
         h, w = self._conv_out(height, convs), self._conv_out(width, convs)
         layers += [nn.Flatten(), nn.Linear(channels * h * w, self.out_dim), nn.ReLU()]
         self.net = nn.Sequential(*layers)
+        if spec.kwargs["init"] == "orthogonal":
+            orthogonal_init(self.net)
 
     @staticmethod
     def _conv_out(size: int, convs: list[list[int]]) -> int:
@@ -192,6 +221,7 @@ class NatureCNN(Encoder):
                 "resize observations (84x84 is standard) or choose smaller convs"
             )
         _positive_int(spec.name, "features", spec.kwargs["features"])
+        _check_weight_init(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:

@@ -12,6 +12,8 @@ import sys
 
 from rl_lab.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, UserError, environment_error, os_error_line
 
+VARIANCE_STUDY_CONFIG = "configs/cartpole_reinforce.yaml"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
@@ -111,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--out", help="output directory (default: RUN_DIR/diagnostics)")
 
     variance = sub.add_parser("variance-study", help="REINFORCE gradient variance under each variance reduction")
-    variance.add_argument("config", nargs="?", default="configs/cartpole_reinforce.yaml", help="a REINFORCE config")
+    variance.add_argument("config", nargs="?", default=VARIANCE_STUDY_CONFIG, help="a REINFORCE config")
     variance.add_argument("overrides", nargs="*", help="dotted.key=value for every run of the study")
     variance.add_argument("--out", default="runs/variance-study", help="output directory (new or empty)")
     variance.add_argument("--steps", type=int, default=100_000, help="training env steps per option")
@@ -120,7 +122,14 @@ def _parser() -> argparse.ArgumentParser:
 
     caption = sub.add_parser("caption", help="caption an image with a captioning run's model")
     caption.add_argument("run_dir", help="a captioning run's directory")
-    caption.add_argument("image", help="an image file (PNG, JPEG); resized to the model's input size")
+    caption.add_argument("image", nargs="?", help="an image file (PNG, JPEG); resized to the model's input size")
+    caption.add_argument(
+        "--samples",
+        metavar="DIR",
+        help="instead: write held-out images of the run's dataset to DIR as PNG files, with their reference captions",
+    )
+    caption.add_argument("--split", default="test", help="--samples: the split to take them from (default test)")
+    caption.add_argument("--count", type=int, default=8, help="--samples: how many images (default 8)")
     caption.add_argument("--attention", action="store_true", help="also write a PNG of each word's attention map")
     caption.add_argument("--beam", type=int, help="beam size (default: the run's task.beam; 1 = greedy)")
     caption.add_argument("--out", help="attention PNG path (default: RUN_DIR/plots/attention-IMAGE.png)")
@@ -180,9 +189,18 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         search(args.sweep, args.trials, args.out, args.seed, args.overrides, args.backend, args.address)
     elif args.command == "caption":
-        from rl_lab.commands.caption import caption
+        from rl_lab.commands.caption import caption, write_samples
 
-        caption(args.run_dir, args.image, args.attention, args.beam, args.out)
+        if args.samples:
+            if args.image or args.attention or args.beam or args.out:
+                raise UserError("--samples writes images; caption one afterwards: rl-lab caption RUN_DIR IMAGE")
+            write_samples(args.run_dir, args.samples, args.split, args.count)
+        elif args.image:
+            caption(args.run_dir, args.image, args.attention, args.beam, args.out)
+        else:
+            raise UserError(
+                f"caption needs an image, or --samples DIR to write some: rl-lab caption {args.run_dir} --samples DIR"
+            )
     elif args.command == "compare":
         from rl_lab.commands.compare import compare
 
@@ -214,16 +232,21 @@ def _experiment(args: argparse.Namespace) -> bool:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """argparse plus two forms it cannot take alone: `train` reads the `--key=value` that a W&B sweep agent's
     `${args}` passes as the override `key=value`, and `train` and `search` take key=value overrides after their
-    options (`rl-lab train CONFIG --seeds 0-9 agent.optim.lr=1e-3`)."""
+    options (`rl-lab train CONFIG --seeds 0-9 agent.optim.lr=1e-3`); so does `variance-study`, whose config may
+    then be left out (`rl-lab variance-study --out runs/vs seed=3`)."""
     if argv[:1] == ["train"]:
         options = tuple(f"--{name}=" for name in ("resume", "seeds", "parallel", "backend", "address"))
         argv = [a[2:] if a.startswith("--") and "=" in a and not a.startswith(options) else a for a in argv]
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not (args.command in ("search", "train") and all("=" in a and not a.startswith("-") for a in extra)):
+    overriding = ("search", "train", "variance-study")
+    if extra and not (args.command in overriding and all("=" in a and not a.startswith("-") for a in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
+    if args.command == "variance-study" and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)  # an override where the optional config would be
+        args.config = VARIANCE_STUDY_CONFIG
     return args
 
 
@@ -245,11 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rl-lab: error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(
-            "rl-lab: interrupted; continue from the last checkpoint with rl-lab train --resume RUN_DIR",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as err:
+        run_dir = getattr(err, "run_dir", None)  # set by the commands that train
+        again = f"; continue from the last checkpoint with: rl-lab train --resume {run_dir}" if run_dir else ""
+        print(f"rl-lab: interrupted{again}", file=sys.stderr)
         return 130
     return 0
 

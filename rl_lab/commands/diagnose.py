@@ -1,11 +1,12 @@
 """`rl-lab diagnose RUN_DIR`: the lectures' checks and pictures (rl_lab.diagnostics) for the network of any run.
 
-The checks about initialisation (initial loss, overfitting a tiny subset, activation statistics, update ratios)
-run on the network as the run's config builds it, before training; the pictures (first-layer filters,
-saliency, occlusion, embeddings) on the trained weights of the latest checkpoint. A task run is diagnosed
-on its validation images and labels. An agent run on observations from greedy episodes, labelled with the
-trained network's greedy actions: its Q-values are the class scores, so a saliency map shows which pixels
-drive the chosen action. Everything lands in RUN_DIR/diagnostics/ (or --out).
+The checks about initialisation (initial loss, overfitting a tiny subset until its loss is near zero, activation
+statistics, update ratios under the run's own optimiser and learning rate) run on the network as the run's config
+builds it, before training; the pictures (first-layer filters, saliency, occlusion, embeddings) on the trained
+weights of the latest checkpoint. A task run is diagnosed on its validation images and labels. An agent run on
+observations from greedy episodes, labelled with the trained network's greedy actions: its Q-values are the class
+scores, so a saliency map shows which pixels drive the chosen action. Everything lands in RUN_DIR/diagnostics/
+(or --out).
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def diagnose(run_dir: str | Path, only: list[str] | None = None, n: int = 500, o
         trained = _network(agent)
         images, labels = _agent_data(run.config, agent, n)
     out_dir = Path(out) if out else run.dir / "diagnostics"
+    section = run.config.task if isinstance(run.config, TaskConfig) else run.config.agent
+    options = {"update_ratio": {"optim": getattr(section, "optim", None)}}  # the run's optimiser and learning rate
     results = {}
     for name in only or list(DIAGNOSTICS):
         model = at_init if name in AT_INIT else trained
         try:
-            results[name] = DIAGNOSTICS[name](model, images, labels, out_dir)
+            results[name] = DIAGNOSTICS[name](model, images, labels, out_dir, **options.get(name, {}))
         except UserError as err:
             if only:  # asked for by name: its failure is the answer
                 raise
@@ -88,6 +91,7 @@ def diagnose(run_dir: str | Path, only: list[str] | None = None, n: int = 500, o
 
 
 def _brief(result: dict) -> str:
-    """The scalars of a diagnostic's result, on one line."""
+    """The scalars of a diagnostic's result, on one line, its verdict (ok) first."""
     items = [(k, v) for k, v in result.items() if isinstance(v, (bool, int, float)) and not isinstance(v, np.ndarray)]
+    items.sort(key=lambda item: item[0] != "ok")
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items[:6])

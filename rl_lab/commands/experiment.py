@@ -90,7 +90,11 @@ def _train(config, overrides, resume, seeds, parallel, session, address) -> dict
         _say(f"warning: --parallel {parallel} on {cores} cores: the trials will compete for them")
     where = f"{parallel} at a time" if session is None else f"Ray ({address or 'RAY_ADDRESS or a local Ray'})"
     _say(f"training on {where}; each run's output goes to {experiment.dir / 'logs'}/seed-N.log")
-    results = experiments.run_experiment(experiment, parallel, session, cli_task, _event)
+    try:
+        results = experiments.run_experiment(experiment, parallel, session, cli_task, _event)
+    except KeyboardInterrupt as err:
+        err.run_dir = experiment.dir  # the interrupt message names what to resume
+        raise
     return _report(experiment, results)
 
 

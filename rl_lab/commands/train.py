@@ -7,6 +7,7 @@ import sys
 
 import rl_lab.runs as runs
 from rl_lab.errors import UserError
+from rl_lab.suite import budget_hint
 
 
 def train(config_path: str, overrides: list[str]) -> dict:
@@ -18,19 +19,27 @@ def train(config_path: str, overrides: list[str]) -> dict:
 
 def resume(run_dir: str) -> dict:
     run, checkpoint, note = runs.reopen_run(run_dir)
-    if note:
-        print(f"note: {note}")
-    if checkpoint is None:
-        print(f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)")
-    else:
-        print(f"resuming {run.dir} from {checkpoint.name}")
+    if runs.distributed.is_main_process():  # torchrun: rank 0 tells the user
+        if note:
+            print(f"note: {note}")
+        if checkpoint is None:
+            print(f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)")
+        else:
+            print(f"resuming {run.dir} from {checkpoint.name}")
     return _train(run, resume=True)
 
 
 def _train(run: runs.Run, resume: bool) -> dict:
-    summary = runs.train(run, resume)
+    try:
+        summary = runs.train(run, resume)
+    except KeyboardInterrupt as err:
+        err.run_dir = run.dir  # the interrupt message names the run to resume
+        raise
     if runs.distributed.is_main_process():
         print(run.report)
+        hint = budget_hint(run.config, summary) if hasattr(run.config, "env") else None
+        if hint:
+            print(hint)
         if any((run.dir / "wandb").glob("offline-run-*")):
             print(f"W&B logged offline; upload it with: wandb sync {run.dir}/wandb/offline-run-*")
     return summary
@@ -44,30 +53,40 @@ def evaluate(run_dir: str, episodes: int | None, epsilon: float | None, seed: in
         raise UserError(f"--video {video}: must be >= 0")
     run = runs.open_run(run_dir)
     checkpoint = run.checkpoint
-    if video and hasattr(run.config, "env"):
-        from rl_lab.rl.video import check_video
-
-        check_video(run.config.env.id)  # a missing extra stops here, before the evaluation
     options = {"episodes": episodes, "epsilon": epsilon, "seed": seed} if hasattr(run.config, "env") else {}
+    if video and options:
+        options["film"] = _film(run, video, episodes, seed)
     result, table = run.trainer.evaluate_checkpoint(checkpoint, **options)
     print(table)
-    if video and hasattr(run.config, "env"):
-        _videos(run, video, epsilon, seed)
+    if options.get("film"):
+        _videos(run, options["film"].clips)
     return result
 
 
-def _videos(run: runs.Run, count: int, epsilon: float | None, seed: int | None) -> None:
-    from rl_lab.rl.video import log_videos, record_episode
+def _film(run: runs.Run, count: int, episodes: int | None, seed: int | None):
+    """What films `count` of the episodes `rl-lab eval` plays (a missing extra stops here, before evaluating)."""
+    from rl_lab.rl.evaluation import eval_vector
+    from rl_lab.rl.video import Film
 
-    c, agent = run.config, run.trainer.agent
-    epsilon = c.eval.epsilon if epsilon is None else epsilon
+    c = run.config
+    episodes = episodes or c.eval.episodes
+    if count > episodes:
+        raise UserError(f"--video {count}: films episodes of the evaluation, which plays {episodes}; add --episodes")
     seed = c.seed + c.eval.seed_offset if seed is None else seed
-    paths = []
-    for i in range(count):  # checkpoints are named step_<N>, so are the videos of their agents
-        path = run.dir / "videos" / f"eval-{run.checkpoint.name}-seed_{seed + i}.mp4"
-        clip = record_episode(agent.greedy, c.env.id, dict(c.env.kwargs), seed + i, epsilon, path)
-        print(f"video: {path} (return {clip['return']:.1f}, {clip['length']} steps)")
-        paths.append(path)
-    problem = log_videos(run.dir, c, paths)
+    if eval_vector(c.env) != "sync":
+        print("note: filmed on gymnasium's Atari envs, which render (ale-py's vector env does not)")
+    # checkpoints are named step_<N>, so are the videos of their agents
+    return Film(count, run.dir / "videos", f"eval-{run.checkpoint.name}", seed, c.env.id, dict(c.env.kwargs))
+
+
+def _videos(run: runs.Run, clips: list[dict]) -> None:
+    from rl_lab.rl.video import log_videos
+
+    for clip in clips:
+        print(
+            f"video: {clip['path']} (episode {clip['index'] + 1}: return {clip['return']:.1f}, {clip['length']} steps)"
+        )
+    paths = [clip["path"] for clip in clips]
+    problem = log_videos(run.dir, run.config, paths)
     if problem:
         print(f"wandb unavailable ({problem}); the videos are in {paths[0].parent}", file=sys.stderr)

@@ -13,7 +13,8 @@ load_dataset(name, split, seed=0, cache_dir=None, val_fraction=0.1, **options) -
                       for the 5,000 a fixed stratified `test_fraction` (0.2) is test
     mnist_full        the official 60,000/10,000 IDX files; downloaded (MD5-checked) into the cache when missing
     cifar10           CIFAR-10 binary version, 50,000/10,000 (3x32x32); downloaded (MD5-checked) when missing
-    translated_mnist  a digit at a random place on a canvas (1xSxS); options canvas_size=60
+    translated_mnist  a digit at a random place on a canvas (1xSxS); options canvas_size=60, positions=0 (k >= 2:
+                      the digit's corner on a k x k lattice, e.g. 2 puts it in a corner of the canvas)
     cluttered_mnist   the same among `clutter` random 8x8 pieces of other digits; canvas_size=60, clutter=4
                       (the paper's settings: 60 with 4 or 8 pieces, 100 with 8)
                       both generated ones also take num_samples=None (default: one canvas per source digit)

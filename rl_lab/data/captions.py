@@ -237,6 +237,15 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
         raise UserError(f"image {path} is corrupt or not an image ({err})") from None
 
 
+def save_image(image: np.ndarray, path: Path) -> Path:
+    """A uint8 (3, S, S) image as a PNG file that load_image reads back unchanged (at the same size)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)
+    return path
+
+
 def load_coco_captions(
     split: str,
     captions_file: str | None = None,

@@ -31,11 +31,12 @@ def paste_max(canvas: np.ndarray, pieces: np.ndarray, x: np.ndarray, y: np.ndarr
 
 
 def make_canvases(
-    digits: np.ndarray, num: int, canvas_size: int, clutter: int, rng: np.random.Generator
+    digits: np.ndarray, num: int, canvas_size: int, clutter: int, rng: np.random.Generator, positions: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Canvases (num, S, S), which source digit each shows, and its box (x0, y0, x1, y1); digits (M, 28, 28).
 
-    Canvas i shows digit i mod M, so every source digit appears before any appears twice.
+    Canvas i shows digit i mod M, so every source digit appears before any appears twice. The digit's top-left
+    corner is anywhere (positions 0), or one of a positions x positions lattice spanning the canvas (2: a corner).
     """
     which = np.arange(num) % len(digits)
     canvas = np.zeros((num, canvas_size, canvas_size), np.uint8)
@@ -49,7 +50,10 @@ def make_canvases(
         ]
         px, py = rng.integers(0, canvas_size - PIECE + 1, (2, num))
         paste_max(canvas, crops, px, py)
-    x, y = rng.integers(0, canvas_size - DIGIT + 1, (2, num))
+    if positions:
+        x, y = rng.integers(0, positions, (2, num)) * (canvas_size - DIGIT) // (positions - 1)
+    else:
+        x, y = rng.integers(0, canvas_size - DIGIT + 1, (2, num))
     paste_max(canvas, digits[which], x, y)
     return canvas, which, np.stack([x, y, x + DIGIT, y + DIGIT], axis=1)
 
@@ -69,9 +73,12 @@ def load_generated(
     clutter: int,
     num_samples: int | None,
     source: str,
+    positions: int = 0,
 ) -> Dataset:
     _check_int("canvas_size", canvas_size, DIGIT, 512)
     _check_int("clutter", clutter, 0, 64)
+    if positions != 0:
+        _check_int("positions", positions, 2, canvas_size - DIGIT + 1)
     if num_samples is not None:
         _check_int("num_samples", num_samples, 1, 1_000_000)
     if source not in SOURCES:
@@ -80,7 +87,8 @@ def load_generated(
     if clutter and len(base) < 2:
         raise UserError(f"{source} {split} split has {len(base)} digits; clutter needs at least 2")
     rng = np.random.default_rng([seed, SPLITS.index(split), canvas_size, clutter])  # unrelated streams
-    images, which, boxes = make_canvases(base.images[:, 0].numpy(), num_samples or len(base), canvas_size, clutter, rng)
+    digits = base.images[:, 0].numpy()
+    images, which, boxes = make_canvases(digits, num_samples or len(base), canvas_size, clutter, rng, positions)
     return make_dataset(
         name,
         split,
@@ -89,7 +97,8 @@ def load_generated(
         base.source_index.numpy()[which],
         num_classes=base.num_classes,
         class_names=base.class_names,
-        source=f"{base.source}, {canvas_size}x{canvas_size} canvas, {clutter} clutter pieces, seed {seed}",
+        source=f"{base.source}, {canvas_size}x{canvas_size} canvas, {clutter} clutter pieces, seed {seed}"
+        + (f", {positions}x{positions} positions" if positions else ""),
         boxes=boxes,
     )
 
@@ -102,8 +111,11 @@ def load_translated(
     canvas_size: int = 60,
     num_samples: int | None = None,
     source: str = "mnist",
+    positions: int = 0,
 ) -> Dataset:
-    return load_generated("translated_mnist", split, val_fraction, cache_dir, seed, canvas_size, 0, num_samples, source)
+    return load_generated(
+        "translated_mnist", split, val_fraction, cache_dir, seed, canvas_size, 0, num_samples, source, positions
+    )
 
 
 def load_cluttered(

@@ -46,6 +46,10 @@ class RAMTrainer(ClassificationTrainer):
     """The classification task with RAM as the model, its hybrid loss as the training step, and after every epoch
     the mean-location accuracy and the glimpse figures."""
 
+    @property
+    def model_name(self) -> str:
+        return f"ram ({self.config.task.glimpses} glimpses)"
+
     def build_model(self) -> tuple[nn.Module, nn.Module]:
         c, train = self.config.task, self.data["train"]
         if self.world > 1:

@@ -24,16 +24,24 @@ def evaluate(
     env_kwargs: dict | None = None,
     max_parallel: int = 10,
     vector: str = "sync",
+    deterministic: bool = True,
+    film=None,
 ) -> dict[str, np.ndarray]:
-    """Returns and lengths of `episodes` episodes under `policy` (epsilon-greedy when epsilon > 0).
+    """Returns and lengths of `episodes` episodes under `policy` (epsilon-greedy when epsilon > 0; with
+    `deterministic=False` the actions are `policy(obs, deterministic=False)`: samples from a policy's distribution).
 
     Each parallel env runs a fixed quota of episodes, so short episodes cannot crowd out long ones.
     A stateful policy (e.g. recurrent) may define `reset(mask)`: it is called with all True before the first
     step and with the envs whose episode just ended after each step.
+    `film` (rl_lab.rl.video.Film) records the episodes it picks as they are played: in-process envs that render.
     """
     n = min(episodes, max_parallel)
     quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
-    envs = make_vector_env(env_id, n, vector, **(env_kwargs or {}))
+    if film is None:
+        envs = make_vector_env(env_id, n, vector, **(env_kwargs or {}))
+    else:
+        envs = make_vector_env(env_id, n, "sync", render_mode="rgb_array", **(env_kwargs or {}))
+        film.attach(envs, quota)
     rng = np.random.default_rng(seed)
     envs.single_action_space.seed(seed)
     returns, lengths = [[] for _ in range(n)], [[] for _ in range(n)]
@@ -43,7 +51,7 @@ def evaluate(
     if reset is not None:
         reset(np.ones(n, dtype=bool))
     while any(len(r) < q for r, q in zip(returns, quota, strict=True)):
-        actions = policy(obs)
+        actions = policy(obs) if deterministic else policy(obs, deterministic=False)
         if epsilon > 0:
             explore = rng.random(n) < epsilon
             actions = np.where(explore, [envs.single_action_space.sample() for _ in range(n)], actions)
@@ -58,7 +66,22 @@ def evaluate(
                 lengths[i].append(ep_length[i])
             ep_return[i], ep_length[i] = 0.0, 0
     envs.close()
+    if film is not None:
+        film.close()
     return {"returns": np.concatenate(returns), "lengths": np.concatenate(lengths)}
+
+
+def evaluate_run(policy, config, episodes: int, seed: int, epsilon: float, film=None) -> dict[str, np.ndarray]:
+    """`evaluate` on a run's env (env.id, env.kwargs, the vector kind it trained on), acting as eval.deterministic
+    says; torch's RNG is seeded with `seed` for sampled actions, and restored after."""
+    from rl_lab.seeding import seeded_torch
+
+    env, deterministic = config.env, config.eval.deterministic
+    with seeded_torch(seed):
+        vector = eval_vector(env)
+        return evaluate(
+            policy, env.id, episodes, seed, epsilon, env.kwargs, vector=vector, deterministic=deterministic, film=film
+        )
 
 
 def eval_vector(env) -> str:

@@ -21,7 +21,7 @@ from rl_lab.envs.atari import learning_signals
 from rl_lab.errors import Diverged, UserError
 from rl_lab.figures import plot_learning_curve
 from rl_lab.logger import RunLogger
-from rl_lab.rl.evaluation import eval_stats, eval_vector, evaluate, format_eval_table
+from rl_lab.rl.evaluation import eval_stats, evaluate_run, format_eval_table
 from rl_lab.schedules import crossed
 from rl_lab.seeding import rng_state, set_rng_state
 
@@ -44,6 +44,8 @@ class EnvLoop:
     """N envs stepped together; raw episode scores tracked per env; learning signals (Atari: clipped rewards,
     loss of life as a terminal) kept apart from them."""
 
+    env_seed_offset = 0  # added to the seed of every env reset (a data-parallel process's first global env)
+
     def __init__(self, config: Config, agent, envs, rng: np.random.Generator):
         self.config, self.agent, self.envs, self.rng = config, agent, envs, rng
         n = envs.num_envs
@@ -51,29 +53,35 @@ class EnvLoop:
         self.episode_return = np.zeros(n)
         self.episode_length = np.zeros(n, dtype=np.int64)
         self.signals = learning_signals(config.env.id, config.env.kwargs)
-        self.obs, infos = envs.reset(seed=config.seed)
+        self.obs, infos = envs.reset(seed=config.seed + self.env_seed_offset)
         self.signals.start(infos)
 
     @property
     def total_steps(self) -> int:
         return self.config.train.total_steps
 
-    def evaluate(self, episodes: int | None = None, epsilon: float | None = None, seed: int | None = None) -> dict:
-        """The agent's greedy (or epsilon-greedy) returns on fresh evaluation envs; defaults from `eval.*`."""
+    def evaluate(
+        self, episodes: int | None = None, epsilon: float | None = None, seed: int | None = None, film=None
+    ) -> dict:
+        """The agent's greedy (or epsilon-greedy, or with eval.deterministic=false sampled) returns on fresh
+        evaluation envs; defaults from `eval.*`."""
         c = self.config
         episodes = episodes or c.eval.episodes
         epsilon = c.eval.epsilon if epsilon is None else epsilon
         seed = c.seed + c.eval.seed_offset if seed is None else seed
-        result = evaluate(self.agent.greedy, c.env.id, episodes, seed, epsilon, c.env.kwargs, vector=eval_vector(c.env))
-        return eval_stats(result, c.env.id)
+        return eval_stats(evaluate_run(self.agent.greedy, c, episodes, seed, epsilon, film), c.env.id)
 
-    def evaluate_checkpoint(self, checkpoint: Path, episodes=None, epsilon=None, seed=None) -> tuple[dict, str]:
-        """`rl-lab eval`: the checkpoint's agent re-evaluated, and its table."""
+    def evaluate_checkpoint(
+        self, checkpoint: Path, episodes=None, epsilon=None, seed=None, film=None
+    ) -> tuple[dict, str]:
+        """`rl-lab eval`: the checkpoint's agent re-evaluated, and its table; `film` (rl_lab.rl.video.Film) films
+        episodes of it."""
         step = self._load_weights(checkpoint)["step"]
         c = self.config
-        stats = self.evaluate(episodes, epsilon, seed)
+        stats = self.evaluate(episodes, epsilon, seed, film)
         epsilon = c.eval.epsilon if epsilon is None else epsilon
-        title = f"{checkpoint.parent.parent} at step {step} ({c.env.id}, epsilon {epsilon})"
+        how = f"epsilon {epsilon}" if c.eval.deterministic else f"sampled actions, epsilon {epsilon}"
+        title = f"{checkpoint.parent.parent} at step {step} ({c.env.id}, {how})"
         return stats, format_eval_table(title, stats)
 
     def report(self, summary: dict, run_dir: Path) -> str:
@@ -100,12 +108,17 @@ class EnvLoop:
         self.episode_length += 1
         counted = done if counted is None else done & counted
         if counted.any():
-            s = self.state
-            s.recent_returns = (s.recent_returns + self.episode_return[counted].tolist())[-RECENT_EPISODES:]
-            s.recent_lengths = (s.recent_lengths + self.episode_length[counted].tolist())[-RECENT_EPISODES:]
-            s.episodes += int(counted.sum())
+            ended = np.flatnonzero(counted)
+            self.add_episodes(self.episode_return[ended].tolist(), self.episode_length[ended].tolist(), ended)
         self.episode_return[done] = 0.0
         self.episode_length[done] = 0
+
+    def add_episodes(self, returns: list[float], lengths: list[int], envs: np.ndarray) -> None:
+        """Episodes that ended (raw returns, lengths, the envs they ran in) into the run's counters."""
+        s = self.state
+        s.recent_returns = (s.recent_returns + returns)[-RECENT_EPISODES:]
+        s.recent_lengths = (s.recent_lengths + lengths)[-RECENT_EPISODES:]
+        s.episodes += len(returns)
 
     def train_metrics(self) -> dict[str, float]:
         s = self.state
@@ -170,18 +183,28 @@ class EnvLoop:
         """Restore what `checkpoint_extras` saved."""
 
     def save(self, run_dir: Path, start_time: float, logger: RunLogger) -> None:
-        s = self.state
-        json_rng, tensor_rng = rng_state(self.rng)
+        self.write_checkpoint(run_dir, start_time, logger, *self.env_state())
+
+    def env_state(self) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], list[dict]]:
+        """What a checkpoint keeps of this process's envs and loop: (tensors, arrays, the envs' snapshots)."""
         tensors, arrays = self.checkpoint_extras()
         arrays = {"episode_return": self.episode_return, "episode_length": self.episode_length, **arrays}
         if self.signals.lives is not None:
             arrays["lives"] = self.signals.lives
+        return tensors, arrays, snapshot_vector_env(self.envs)
+
+    def write_checkpoint(
+        self, run_dir: Path, start_time: float, logger: RunLogger, tensors: dict, arrays: dict, envs: list, **meta
+    ) -> None:
+        s = self.state
+        json_rng, tensor_rng = rng_state(self.rng)
         meta = {
             **asdict(s),
             "wall_time_s": s.wall_time_s + time.perf_counter() - start_time,
             "metrics_lines": logger.lines,
             "rng": json_rng,
-            "envs": snapshot_vector_env(self.envs),
+            "envs": envs,
+            **meta,
         }
         torch_state = {"agent": self.agent.state_dict(), "rng": tensor_rng, **tensors}
         save_checkpoint(run_dir / "checkpoints", s.step, torch_state, arrays, meta, self.config.run.keep_checkpoints)
@@ -206,7 +229,7 @@ class EnvLoop:
         """Fresh episodes in every env, for envs whose state a checkpoint cannot hold (ale-py's AtariVectorEnv):
         the resumed run keeps its model, optimiser, counters and replay, not the episodes that were in progress."""
         seed = int(np.random.SeedSequence([self.config.seed, self.state.step]).generate_state(1)[0] >> 1)
-        self.obs, infos = self.envs.reset(seed=seed)
+        self.obs, infos = self.envs.reset(seed=seed + self.env_seed_offset)
         self.signals.start(infos)
         self.episode_return[:], self.episode_length[:] = 0.0, 0
         return (
@@ -214,8 +237,12 @@ class EnvLoop:
             f"them); {kept} are restored. env.vector=sync resumes exactly"
         )
 
+    def read_checkpoint(self, path: Path) -> tuple[dict, dict[str, np.ndarray], dict]:
+        """(torch_state, arrays, meta) of a checkpoint, as this process resumes from them."""
+        return load_checkpoint(path, self.agent.device)
+
     def _load(self, path: Path) -> str | None:
-        torch_state, arrays, meta = load_checkpoint(path, self.agent.device)
+        torch_state, arrays, meta = self.read_checkpoint(path)
         if len(meta["envs"]) != self.envs.num_envs:
             raise UserError(
                 f"checkpoint {path} holds {len(meta['envs'])} envs but the config has env.num_envs="

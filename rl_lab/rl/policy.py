@@ -16,6 +16,7 @@ from torch import nn
 
 from rl_lab.backbone import EncoderSpec, LinearHead, build_encoder
 from rl_lab.config import EncoderConfig
+from rl_lab.distributed import own_rows
 from rl_lab.errors import UserError
 
 LOG_2PI = math.log(2 * math.pi)
@@ -27,8 +28,12 @@ class Categorical:
     def __init__(self, logits: torch.Tensor):
         self.logits = logits - logits.logsumexp(-1, keepdim=True)  # normalised log-probabilities
 
-    def sample(self) -> torch.Tensor:
+    def sample(self, across_processes: bool = False) -> torch.Tensor:
+        """Actions drawn from pi; `across_processes`: as one process with every data-parallel process's batch would
+        draw them (rl_lab.distributed.own_rows; plain sampling in a single process)."""
         flat = self.logits.reshape(-1, self.logits.shape[-1]).exp()
+        if across_processes:
+            return own_rows(lambda p: torch.multinomial(p, 1), flat, fill=1.0).reshape(self.logits.shape[:-1])
         return torch.multinomial(flat, 1).reshape(self.logits.shape[:-1])
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,11 @@ class DiagGaussian:
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
         self.mean, self.log_std = mean, log_std.expand_as(mean)
 
-    def sample(self) -> torch.Tensor:
+    def sample(self, across_processes: bool = False) -> torch.Tensor:
+        """Actions drawn from pi; `across_processes` as in Categorical.sample."""
+        if across_processes:
+            flat = self.mean.reshape(-1, self.mean.shape[-1])
+            return self.mean + self.log_std.exp() * own_rows(torch.randn_like, flat).reshape(self.mean.shape)
         return self.mean + self.log_std.exp() * torch.randn_like(self.mean)
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:

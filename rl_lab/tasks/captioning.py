@@ -35,7 +35,7 @@ from rl_lab.data.captions import (
 )
 from rl_lab.errors import UserError
 from rl_lab.extras import require
-from rl_lab.figures import pyplot, save_figure
+from rl_lab.figures import plot_loss_and_scores, pyplot, save_figure
 from rl_lab.logger import RunLogger
 from rl_lab.optim import make_epoch_schedule, make_optimizer
 from rl_lab.tasks.base import EpochTrainer, epoch_seed
@@ -326,7 +326,14 @@ class CaptioningTrainer(EpochTrainer):
         return result, "\n".join([title, scores_table(result)])
 
     def report(self, summary: dict, run_dir: Path) -> str:
-        """The held-out scores and a few captions."""
+        """The learning curve (plots/learning_curve.png), the held-out scores and a few captions."""
+        what = f"{'attention' if self.config.task.attention else 'no attention'}, seed {self.config.seed}"
+        curve = plot_loss_and_scores(
+            run_dir / "metrics.jsonl",
+            run_dir / "plots" / "learning_curve.png",
+            f"captioning on {self.config.data.name} ({what})",
+            ("val/bleu4", "val/cider"),
+        )
         rows = {s: summary[s] for s in self.data if s != "train"}
         rows.update({f"test b{b}": v for b, v in summary["test_by_beam"].items()})
         lines = [
@@ -336,6 +343,7 @@ class CaptioningTrainer(EpochTrainer):
         lines += [f"  {e['caption']!r}  (reference: {e['reference']!r})" for e in summary["examples"][:3]]
         lines.append(f"training: {summary['wall_time_s']:.1f} s, {summary['train_captions_per_s']:.0f} captions/s")
         lines.append(f"run dir: {run_dir}")
+        lines.append(f"learning curve: {curve}")
         return "\n".join(lines)
 
 

@@ -216,10 +216,15 @@ class ClassificationTrainer(EpochTrainer):
             lines.append(f"  {split:<5} accuracy {s['acc']:.2%}   loss {s['loss']:.4f}   ({n} images)")
         return result, "\n".join(lines)
 
+    @property
+    def model_name(self) -> str:
+        """What the run trains, as its header, report and figures name it: the encoder."""
+        return self.config.task.encoder.name
+
     def report(self, summary: dict, run_dir: Path) -> str:
         """The confusion matrix and the learning curves (plots/), and the scores as text."""
         config, test = self.config, self.data["test"]
-        what = f"{config.task.encoder.name} on {config.data.name} (seed {config.seed})"
+        what = f"{self.model_name} on {config.data.name} (seed {config.seed})"
         counts = confusion_matrix(self.test_logits.argmax(1).numpy(), test.labels.numpy(), self.num_classes)
         matrix = plot_confusion_matrix(
             counts,
