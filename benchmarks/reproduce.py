@@ -71,7 +71,7 @@ class Problem(Exception):
 
 def _git(*args: str) -> str:
     found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-    return found.stdout.strip() if found.returncode == 0 else ""
+    return found.stdout.rstrip("\n") if found.returncode == 0 else ""  # not strip(): status lines start with " "
 
 
 def machine() -> dict:
@@ -288,6 +288,13 @@ def seeds_note(entry: dict, commit: str) -> str:
     return f" — {', '.join(marks)}" if marks else ""
 
 
+LEGEND = (
+    "Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. Without a mark: "
+    "seeds 0-2 trained at this commit. † not rerun at this commit: one seed (0), the number of the table before "
+    "issue 19, made by older code (see the page)."
+)
+
+
 def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
     if not patterns:
         return cells
@@ -434,10 +441,8 @@ def render_ram(record: dict, commit: str) -> str:
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines += [
         "",
-        "Test error (%), 100 epochs per cell, best epoch on validation; RAM: Monte Carlo (M = 10), mean-location in "
-        "parentheses. Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. "
-        "Without a mark: seeds 0-2 trained at this commit. † not rerun at this commit: one seed (0), numbers of the "
-        "table before issue 19, made by older code (see below).",
+        "Test error (%), 100 epochs per cell unless a budget is marked, best epoch on validation; RAM: Monte Carlo "
+        f"(M = 10), mean-location in parentheses. {LEGEND}",
     ]
     return "\n".join(lines + provenance(record, commit)) + "\n"
 
@@ -507,9 +512,7 @@ def render_captioning(record: dict, commit: str) -> str:
             lines.append(f"| {model} | {encoder}{mark} | {beam} | " + " | ".join(row) + " |")
     lines += [
         "",
-        "Test split (500 scenes), best-validation-CIDEr weights, 8 epochs. Mean over seeds [95 % stratified bootstrap "
-        "CI; with 3 seeds this is the range of the seeds]. Without a mark: seeds 0-2 trained at this commit. † not "
-        "rerun at this commit: one seed (0), numbers of the table before issue 19.",
+        f"Test split (500 scenes), best-validation-CIDEr weights, 8 epochs unless a budget is marked. {LEGEND}",
     ]
     return "\n".join(lines + provenance(record, commit)) + "\n"
 
@@ -588,7 +591,8 @@ def render_variance(record: dict, options: list) -> str:
     stamps = [s for s in record["stamps"].values() if s]
     lines += [
         "",
-        f"REINFORCE on CartPole-v1, {record['steps']:,} env steps per option, seeds {format_seeds(record['seeds'])}: "
+        f"REINFORCE on CartPole-v1, {record['steps']:,} env steps per option, "
+        f"seed{'s' if len(record['seeds']) > 1 else ''} {format_seeds(record['seeds'])}: "
         "the policy-gradient variance across 20 batches at fixed snapshots of the learned-baseline run (mean over "
         "seeds [95 % stratified bootstrap CI]), and each option's final greedy return. Figure: "
         f"`{record['figures'][0]}` (seed {record['seeds'][0]}).",
@@ -633,7 +637,8 @@ def benchmarks(ctx: Context, which: list[str]) -> None:
         if result is None:
             raise Problem(f"{_shell(argv)} exited {code} without writing {_rel(out)}")
         record[name] = {"command": _shell(argv), "json": _rel(out), "exit": code, **run_stamp}
-        sections += [f"### {name}", "", stats_table(result["statistics"], "(a)"), ""]
+        quick = " (`--quick`: a smoke test of the pipeline; its numbers mean nothing)" if ctx.budget < 1 else ""
+        sections += [f"### {name}{quick}", "", stats_table(result["statistics"], "(a)"), ""]
         sections += [f"{stamp_line(run_stamp)}. `{_shell(argv)}` (exit {code}; every trial in `{out.name}`)", ""]
     if not ctx.dry_run:
         write_outputs(ctx, record, "\n".join(sections))

@@ -32,7 +32,7 @@ class Trainer(Protocol):
 
     def evaluate_checkpoint(self, checkpoint: Path, **options) -> tuple[dict, str]:
         """`rl-lab eval`: results of the checkpoint's weights and a table of them (options: episodes, epsilon,
-        seed for env runs)."""
+        seed for env runs, and film: an rl_lab.rl.video.Film that films episodes of the evaluation)."""
 
     def report(self, summary: dict, run_dir: Path) -> str:
         """Draw the run's figures into run_dir/plots and return the text that tells how it went."""
