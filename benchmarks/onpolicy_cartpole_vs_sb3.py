@@ -7,7 +7,8 @@ with 95 % stratified bootstrap CIs, and the probabilities that ours beats SB3.
                   steps; (b) configs/cartpole_a2c.yaml; (c) configs/cartpole_a2c_sb3.yaml (SB3's A2C settings in our
                   A2C); (d) our REINFORCE, configs/cartpole_reinforce.yaml
   --algo ppo  (a) SB3 PPO, RL-Zoo CartPole-v1 settings (8 envs x 32 steps, 20 epochs of 256, GAE 0.8, gamma 0.98,
-                  lr and clip range 1e-3 / 0.2 decayed linearly over the zoo's 100k steps); (b) configs/cartpole_ppo.yaml
+                  lr and clip range 1e-3 / 0.2 decayed linearly over the zoo's 100k steps);
+                  (b) configs/cartpole_ppo.yaml
 Every `--eval-every` env steps each trial pauses, evaluates 20 greedy episodes on fresh envs seeded seed + 10000
 through rl_lab.rl.evaluation (the same code for both libraries), and stops at the first mean >= 475 (the final return;
 a trial that never solves is evaluated once more at its end). Evaluation time is excluded from the wall-clock;
@@ -236,7 +237,13 @@ def main() -> int:
     judged = judge(rows_from_trials(trials, {key: label for key, (_, _, label) in variants.items()}), "a")
     print("\n" + stats_table(judged, "(a)"))
     if args.out:
-        result = {"algo": args.algo, "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": seeds, "eval_every": every}
+        result = {
+            "algo": args.algo,
+            "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seeds": seeds,
+            "eval_every": every,
+        }
         result.update({"variants": table, "ratios": ratios, "statistics": judged, "trials": trials})
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"results: {args.out}")

@@ -147,7 +147,9 @@ def main() -> None:
     }
     for kind, value in sps.items():
         print(f"{kind:<12} {value:7.1f} env steps/s (median of {args.repeats})")
-    print(f"ours / SB3's best ({best}): {speedup:.2f}x  ({'PASS' if speedup >= TARGET else 'FAIL'}, target >= {TARGET})")
+    print(
+        f"ours / SB3's best ({best}): {speedup:.2f}x  ({'PASS' if speedup >= TARGET else 'FAIL'}, target >= {TARGET})"
+    )
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
 
