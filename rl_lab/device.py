@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -24,10 +25,34 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def busy_cores(window: float = 0.25) -> float | None:
+    """Cores' worth of CPU time the machine spent busy over the next `window` seconds (Linux /proc/stat), None where
+    that cannot be read. Measured now, unlike the 1-minute load average, which lags a job that just ended (it made
+    an idle machine look busy and the next run take 1 thread) or one that just started."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields[:8]), fields[3] + fields[4]  # total (user .. steal) and idle + iowait jiffies
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def free_cores() -> int:
-    """Cores not busy right now: the cores this process may use minus the 1-minute load average (at least 1)."""
+    """Cores not busy right now (at least 1): the cores this process may use minus those busy over a quarter of a
+    second, or minus the 1-minute load average where /proc/stat is missing (macOS)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, round(cores - busy)))
 
 

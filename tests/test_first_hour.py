@@ -3,6 +3,10 @@ is not a terminal, and replay memory sized for the run rather than for the paper
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import time
+
 import gymnasium as gym
 import torch
 import yaml
@@ -10,18 +14,41 @@ from conftest import CARTPOLE_CONFIG, TINY, run_rl_lab
 
 from rl_lab.agents.dqn import DQN, DQNConfig
 from rl_lab.config import EncoderConfig
-from rl_lab.device import choose_threads, free_cores
+from rl_lab.device import busy_cores, choose_threads, free_cores
 from rl_lab.loader import load_config, uses_small_network
 
 
 def test_auto_threads_give_small_networks_one_and_large_ones_the_free_cores():
     assert choose_threads(3, small_model=True)[0] == 3  # the user's choice wins
     assert choose_threads(0, small_model=True)[0] == 1
-    assert choose_threads(0, small_model=False)[0] == free_cores() >= 1
+    assert 1 <= choose_threads(0, small_model=False)[0] <= len(os.sched_getaffinity(0))
     assert uses_small_network(load_config(CARTPOLE_CONFIG))
     assert uses_small_network(load_config(CARTPOLE_CONFIG.parent / "cartpole_novel_lstm_a2c.yaml"))
     assert not uses_small_network(load_config(CARTPOLE_CONFIG.parent / "pong_a2c.yaml"))
     assert not uses_small_network(load_config(CARTPOLE_CONFIG.parent / "mnist_cnn.yaml"))
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def test_free_cores_sees_a_load_that_started_a_moment_ago():
+    """Busy cores are measured now, not read from the lagging 1-minute load average: one spinning process per core,
+    started a second ago, leaves one free core (the minimum) at once."""
+    cores = len(os.sched_getaffinity(0))
+    stop = mp.Event()
+    spinners = [mp.Process(target=_spin, args=(stop,)) for _ in range(cores)]
+    for p in spinners:
+        p.start()
+    try:
+        time.sleep(1.0)
+        assert busy_cores() > cores - 0.5
+        assert free_cores() == 1
+    finally:
+        stop.set()
+        for p in spinners:
+            p.join()
 
 
 def test_a_run_records_its_thread_count_says_where_it_is_and_prints_progress_without_a_terminal(tmp_path):
