@@ -12,16 +12,14 @@ RANDOM_POLICY = 0.4  # mean return of uniformly random play (200 episodes, MinAt
 ROADRUNNER_BEST_RANDOM_EPISODE = 300
 
 
-@pytest.mark.learning
-def test_ppo_learns_road_runner_from_pixels(tmp_path):
-    """The whole Atari path (AtariVectorEnv, frame stacks, learning signals, CNN, PPO) learns within minutes: the
-    mean of 8 sampled evaluation episodes beats the best of 40 random episodes, which a near-uniform untrained
-    policy, sampling, cannot do."""
+def _final_eval(config: str, tmp_path, *overrides: str) -> dict:
+    """Train a shipped config to its end through the CLI; its final evaluation from summary.json."""
     run_dir = tmp_path / "run"
     result = run_rl_lab(
         "train",
-        REPO / "configs" / "roadrunner_ppo_fast.yaml",
+        REPO / "configs" / config,
         "device=cpu",
+        *overrides,
         "logger.wandb.mode=disabled",
         "logger.progress=false",
         f"run.dir={run_dir}",
@@ -29,27 +27,21 @@ def test_ppo_learns_road_runner_from_pixels(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads((run_dir / "summary.json").read_text())
-    final = summary["final_eval"]
+    return json.loads((run_dir / "summary.json").read_text())["final_eval"]
+
+
+@pytest.mark.learning
+def test_ppo_learns_road_runner_from_pixels(tmp_path):
+    """The whole Atari path (AtariVectorEnv, frame stacks, learning signals, CNN, PPO) learns within minutes: the
+    mean of 8 sampled evaluation episodes beats the best of 40 random episodes, which a near-uniform untrained
+    policy, sampling, cannot do."""
+    final = _final_eval("roadrunner_ppo_fast.yaml", tmp_path)
     assert final["episodes"] == 8
     assert final["return_mean"] > ROADRUNNER_BEST_RANDOM_EPISODE, final
 
 
 @pytest.mark.learning
 def test_cnn_dqn_learns_minatar_breakout(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_rl_lab(
-        "train",
-        REPO / "configs" / "minatar_breakout_dqn.yaml",
-        "device=cpu",
-        "eval.every=0",
-        "logger.wandb.mode=disabled",
-        "logger.progress=false",
-        f"run.dir={run_dir}",
-        cwd=tmp_path,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr
-    final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
+    final = _final_eval("minatar_breakout_dqn.yaml", tmp_path, "eval.every=0")
     assert final["episodes"] == 20
     assert final["return_mean"] >= 5 * RANDOM_POLICY, final  # seed 0 reaches 3.4: the agent tracks the ball
