@@ -76,24 +76,26 @@ def _train(config, overrides, resume, seeds, parallel, session, address) -> dict
     if resume:
         experiment = experiments.open_experiment(resume)
         unfinished = [s for s in experiment.seeds if not experiment.finished(s)]
-        _say(f"resuming experiment {experiment.dir}: seeds {experiments.format_seeds(unfinished) or 'none'} unfinished")
+        left = experiments.format_seeds(unfinished) or "none"
+        opening = f"resuming experiment {experiment.dir}: seeds {left} unfinished"
     else:
         experiment, before = experiments.prepare(config, overrides, experiments.parse_seeds(seeds))
         again = f"; {experiments.format_seeds(before)} there before" if before else ""
-        _say(
+        opening = (
             f"experiment {experiment.dir}: seeds {experiments.format_seeds(experiment.seeds)}{again}; "
             f"W&B group {experiment.record['wandb_group']}"
         )
     parallel = parallel or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if session is None and parallel > cores:
-        _say(f"warning: --parallel {parallel} on {cores} cores: the trials will compete for them")
     where = f"{parallel} at a time" if session is None else f"Ray ({address or 'RAY_ADDRESS or a local Ray'})"
-    _say(f"training on {where}; each run's output goes to {experiment.dir / 'logs'}/seed-N.log")
-    try:
+    try:  # from the first line on, an interrupt names what to resume
+        _say(opening)
+        if session is None and parallel > cores:
+            _say(f"warning: --parallel {parallel} on {cores} cores: the trials will compete for them")
+        _say(f"training on {where}; each run's output goes to {experiment.dir / 'logs'}/seed-N.log")
         results = experiments.run_experiment(experiment, parallel, session, cli_task, _event)
     except KeyboardInterrupt as err:
-        err.run_dir = experiment.dir  # the interrupt message names what to resume
+        err.run_dir = experiment.dir
         raise
     return _report(experiment, results)
 

@@ -12,9 +12,7 @@ from rl_lab.suite import budget_hint
 
 def train(config_path: str, overrides: list[str]) -> dict:
     run = runs.start_run(config_path, overrides)
-    if runs.distributed.is_main_process():
-        print(run.header(), flush=True)
-    return _train(run, resume=False)
+    return _train(run, resume=False, header=run.header())
 
 
 def resume(run_dir: str) -> dict:
@@ -29,8 +27,10 @@ def resume(run_dir: str) -> dict:
     return _train(run, resume=True)
 
 
-def _train(run: runs.Run, resume: bool) -> dict:
-    try:
+def _train(run: runs.Run, resume: bool, header: str | None = None) -> dict:
+    try:  # the header too: an interrupt right after it must still name the run to resume
+        if header and runs.distributed.is_main_process():
+            print(header, flush=True)
         summary = runs.train(run, resume)
     except KeyboardInterrupt as err:
         err.run_dir = run.dir  # the interrupt message names the run to resume
