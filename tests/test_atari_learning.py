@@ -45,3 +45,15 @@ def test_cnn_dqn_learns_minatar_breakout(tmp_path):
     final = _final_eval("minatar_breakout_dqn.yaml", tmp_path, "eval.every=0")
     assert final["episodes"] == 20
     assert final["return_mean"] >= 5 * RANDOM_POLICY, final  # seed 0 reaches 3.4: the agent tracks the ball
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["minatar_spaceinvaders_dqn.yaml", "minatar_breakout_rainbow_lite.yaml", "minatar_spaceinvaders_rainbow_lite.yaml"],
+)
+def test_the_minatar_curve_configs_train(tmp_path, config):
+    """The configs of the 1M-step MinAtar curves (docs/ATARI.md) load, act and update: a short stretch of each."""
+    overrides = ["train.total_steps=1600", "agent.learning_starts=400", "logger.log_every=800", "eval.episodes=2"]
+    final = _final_eval(config, tmp_path, *overrides, "eval.every=0")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in row for row in rows) and final["episodes"] == 2

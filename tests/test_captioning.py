@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO, run_rl_lab, user_error_line
 from PIL import Image
 
+import rl_lab.runs as runs
 from rl_lab.backbone import EncoderSpec, build_encoder
 from rl_lab.data.captions import Vocabulary, load_captions, load_image, scene_split
 from rl_lab.tasks.captioning import Captioner, caption_loss, caption_scores
@@ -162,6 +163,14 @@ def test_caption_command_prints_a_caption_and_draws_attention(tiny_run, tmp_path
     assert same.returncode == 0 and "attention map" not in same.stdout
     missing = run_rl_lab("caption", tiny_run, tmp_path / "nope.png", cwd=tmp_path)
     assert "image not found" in user_error_line(missing)
+
+
+def test_the_progress_total_is_the_steps_the_run_takes(tiny_run):
+    """An epoch passes over the (image, caption) pairs, so the progress line's total counts those batches."""
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    last_logged = max(r["step"] for r in rows if "train/loss" in r)
+    total = runs.open_run(tiny_run).trainer.total_steps
+    assert last_logged <= total < last_logged + 2  # logger.log_every=2
 
 
 def test_a_captioning_run_draws_its_learning_curve(tiny_run):

@@ -155,19 +155,27 @@ def test_diagnose_uses_the_runs_own_optimiser_and_learning_rate(tmp_path):
 # ---- the interrupt message, overrides anywhere, the progress line, booleans -----------------------------------
 
 
-def test_the_interrupt_message_names_the_run_to_resume(tmp_path):
-    run = tmp_path / "run"
+@pytest.mark.parametrize(
+    ("extra", "first_line"),
+    [([], "run dir {where}"), (["--seeds", "0-1"], "experiment {where}: seeds 0-1")],
+    ids=["run", "experiment"],
+)
+def test_the_interrupt_message_names_what_to_resume(tmp_path, extra, first_line):
+    where = tmp_path / "run"
     args = [a for a in TINY if not a.startswith("train.total_steps")]
-    proc = start_rl_lab("train", CARTPOLE_CONFIG, *args, "train.total_steps=10000000", f"run.dir={run}", cwd=tmp_path)
+    proc = start_rl_lab(
+        "train", CARTPOLE_CONFIG, *args, "train.total_steps=10000000", f"run.dir={where}", *extra, cwd=tmp_path
+    )
     try:
-        assert f"run dir {run}" in proc.stdout.readline()  # the header: training has started
+        line = proc.stdout.readline()  # the first line: training has started
+        assert first_line.format(where=where) in line, line
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130
     assert stderr.splitlines()[-1] == (
-        f"rl-lab: interrupted; continue from the last checkpoint with: rl-lab train --resume {run}"
+        f"rl-lab: interrupted; continue from the last checkpoint with: rl-lab train --resume {where}"
     )
 
 

@@ -250,6 +250,11 @@ class CaptioningTrainer(EpochTrainer):
         self.pair_caption = self.vocab.encode_batch([cap for caps in train.captions for cap in caps])
         self.ready()
 
+    @property
+    def total_steps(self) -> int:
+        """An epoch is one pass over the (image, caption) pairs, not over the images."""
+        return self.config.train.epochs * max(len(self.pair_image) // self.config.train.batch_size, 1)
+
     def run(self, run_dir: Path, logger: RunLogger) -> dict:
         self.vocab.save(run_dir / "vocab.json")
         return super().run(run_dir, logger)
