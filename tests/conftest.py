@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +50,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_rl_lab(*args: str | Path, cwd: Path) -> subprocess.Popen:
-    """Start `rl-lab ARGS` in `cwd` (so a default runs/ directory could never land in the repository)."""
+    """Start `rl-lab ARGS` in `cwd` (so a default runs/ directory could never land in the repository), with SIGINT's
+    default action even when pytest itself ignores it (a background job of a script), so tests can interrupt it."""
     return subprocess.Popen(
         rl_lab_command(*args),
         cwd=cwd,
@@ -58,6 +64,7 @@ def start_rl_lab(*args: str | Path, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 

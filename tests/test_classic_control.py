@@ -19,6 +19,7 @@ SUITE = [
     "mountaincar_dqn",
     "lunarlander_dqn",
     "acrobot_a2c",
+    "acrobot_reinforce",
     "acrobot_ppo",
     "pendulum_ppo",
     "pendulum_a2c",
@@ -118,3 +119,12 @@ def test_ppo_learns_acrobot_in_a_short_run(tmp_path):
 def test_ppo_learns_pendulum_in_a_short_run(tmp_path):
     # 10 rollouts of 4 x 1024 steps; seed 0 is at -185 there (the config's header), random torques at about -1200
     assert _final_return(tmp_path, "pendulum_ppo", 40_960) >= -400
+
+
+def test_the_issues_reinforce_run_on_acrobot_gets_the_hint_of_the_shipped_config():
+    """`cartpole_reinforce.yaml env.id=Acrobot-v1` stays at -500 after its 200k steps: the hint names the suite's
+    config, which takes off between 150k and 300k steps and ends solved on every measured seed."""
+    config = load_config(CONFIGS / "cartpole_reinforce.yaml", ["env.id=Acrobot-v1"])
+    hint = budget_hint(config, _summary(200_000, -500.0))
+    assert hint is not None and "reinforce on Acrobot-v1 usually needs ~1M steps" in hint, hint
+    assert "acrobot_reinforce.yaml" in hint
