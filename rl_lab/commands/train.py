@@ -17,19 +17,16 @@ def train(config_path: str, overrides: list[str]) -> dict:
 
 def resume(run_dir: str) -> dict:
     run, checkpoint, note = runs.reopen_run(run_dir)
-    if runs.distributed.is_main_process():  # torchrun: rank 0 tells the user
-        if note:
-            print(f"note: {note}")
-        if checkpoint is None:
-            print(f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)")
-        else:
-            print(f"resuming {run.dir} from {checkpoint.name}")
-    return _train(run, resume=True)
+    if checkpoint is None:
+        header = f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)"
+    else:
+        header = f"resuming {run.dir} from {checkpoint.name}"
+    return _train(run, resume=True, header=f"note: {note}\n{header}" if note else header)
 
 
-def _train(run: runs.Run, resume: bool, header: str | None = None) -> dict:
+def _train(run: runs.Run, resume: bool, header: str) -> dict:
     try:  # the header too: an interrupt right after it must still name the run to resume
-        if header and runs.distributed.is_main_process():
+        if runs.distributed.is_main_process():  # torchrun: rank 0 tells the user
             print(header, flush=True)
         summary = runs.train(run, resume)
     except KeyboardInterrupt as err:
