@@ -35,9 +35,13 @@ class DQNConfig:
     n_step: int = 1  # bootstrap after n rewards: sum_k gamma^k r_k + gamma^n max_a Q(s_n, a)
     prioritized: bool = False  # proportional prioritized replay
     per_alpha: float = 0.5  # priority exponent (0 = uniform)
-    # importance-sampling exponent at the start, annealed to 1 over train.total_steps; the weights are divided by
-    # the largest one over the buffer (Schaul et al. 2016), and priorities are refreshed after each gradient step
+    # importance-sampling exponent at the start, annealed to 1 over train.total_steps; priorities are refreshed
+    # after each gradient step
     per_beta: float = 0.4
+    # what the importance weights are divided by: "buffer", the largest weight over the buffer (Schaul et al. 2016;
+    # one transition with a near-zero TD error then scales every update down), or "batch", the batch's largest
+    # (Dopamine, whose Rainbow settings assume it: the largest weight of each batch is 1)
+    per_weights: Literal["buffer", "batch"] = "buffer"
     per_eps: float = 1e-6  # added to |TD error| so no transition gets priority 0
     replay_device: Literal["cpu", "train"] = "cpu"  # "train": keep Atari frames on the training device (GPU)
     compile: bool = False  # torch.compile the Q-network (worth it on a GPU)

@@ -96,7 +96,7 @@ class DQN:
             buffer = FrameReplay(size, self.obs_shape, num_envs, c.n_step, c.gamma, frame_padding, storage)
         else:
             buffer = ReplayBuffer(size, self.obs_shape, self.obs_dtype, n_step=c.n_step, gamma=c.gamma)
-        return Prioritized(buffer, c.per_alpha, c.per_eps) if c.prioritized else buffer
+        return Prioritized(buffer, c.per_alpha, c.per_eps, c.per_weights) if c.prioritized else buffer
 
     def epsilon(self, step: int) -> float:
         c = self.cfg

@@ -26,8 +26,8 @@ def test_sum_tree_sums_and_lookups_match_brute_force_with_duplicate_updates():
         np.testing.assert_array_equal(tree.find(mass), expected)
 
 
-def filled(capacity: int = 64, alpha: float = 0.6) -> Prioritized:
-    buffer = Prioritized(ReplayBuffer(capacity, (2,), np.float32), alpha=alpha, eps=1e-6)
+def filled(capacity: int = 64, alpha: float = 0.6, normalize: str = "buffer") -> Prioritized:
+    buffer = Prioritized(ReplayBuffer(capacity, (2,), np.float32), alpha=alpha, eps=1e-6, normalize=normalize)
     rng = np.random.default_rng(1)
     for _ in range(capacity // 4):
         obs = rng.normal(size=(4, 2)).astype(np.float32)
@@ -68,6 +68,26 @@ def test_sampling_follows_priorities_and_weights_follow_the_formula():
     for i in np.unique(batch.indices):
         assert len(np.unique(batch.weights.numpy()[batch.indices == i])) == 1
     np.testing.assert_array_equal(batch.obs[..., 0].numpy(), buffer.buffer.obs[batch.indices, 0])
+
+
+def test_batch_normalised_weights_keep_the_ratios_and_ignore_one_near_zero_td_error():
+    """`per_weights: batch` (Dopamine): each batch's largest weight is 1, the ratios within it those of the formula.
+    One transition with a near-zero TD error (MinAtar Breakout: the smallest priority 30x below the median after 30k
+    steps) drags every buffer-normalised weight down, so Adam's eps swallows the updates; batch weights stay put."""
+    td = np.random.default_rng(2).random(64) * 3 + 0.5
+    batches = {}
+    for normalize in ("buffer", "batch"):
+        buffer = filled(alpha=0.5, normalize=normalize)
+        buffer.update_priorities(np.arange(64), td)
+        buffer.update_priorities(np.array([7]), np.array([1e-5]))  # one transition the network already predicts
+        buffer.beta = 1.0
+        batches[normalize] = buffer.sample((200, 32), np.random.default_rng(3))
+    by_buffer, by_batch = batches["buffer"].weights, batches["batch"].weights
+    np.testing.assert_array_equal(batches["buffer"].indices, batches["batch"].indices)  # the same draws
+    torch.testing.assert_close(by_batch.amax(dim=1), torch.ones(200))
+    torch.testing.assert_close(by_batch, by_buffer / by_buffer.amax(dim=1, keepdim=True))
+    drew_it = torch.from_numpy((batches["batch"].indices == 7).any(axis=1))
+    assert by_buffer[~drew_it].mean() < 0.02 < 0.5 < by_batch[~drew_it].mean()
 
 
 def test_zero_priority_slots_are_never_sampled():

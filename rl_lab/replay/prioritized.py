@@ -2,8 +2,10 @@
 
 P(i) = p_i^alpha / sum_k p_k^alpha with p_i = |TD error| + eps; a new transition gets the largest priority seen
 so far, so it is replayed at least once soon. Importance weights w_i = (N P(i))^-beta correct the bias, divided by
-the largest weight over the whole buffer, (N min_k P(k))^-beta, as in the paper (so they only ever scale updates
-down, and a batch's weights do not depend on what else the batch drew); beta anneals to 1 over training. Sampling
+the largest weight over the whole buffer, (N min_k P(k))^-beta, as in the paper (`normalize="buffer"`: they only
+ever scale updates down, and a batch's weights do not depend on what else the batch drew), or by the batch's largest
+(`"batch"`, Dopamine's convention: the scale of the updates does not hang on the least likely transition, whose
+near-zero TD error can shrink every weight a hundredfold); beta anneals to 1 over training. Sampling
 is stratified (one draw per equal slice of the total mass) and every tree operation works on a whole batch of
 leaves at once; the tree also keeps the smallest positive leaf, for that largest weight.
 """
@@ -63,8 +65,8 @@ class SumTree:
 class Prioritized:
     """Wraps a buffer with `add -> (added, lost)` slots, `gather(idx, device)`, `__len__` and state_dict."""
 
-    def __init__(self, buffer, alpha: float = 0.5, eps: float = 1e-6):
-        self.buffer, self.alpha, self.eps = buffer, alpha, eps
+    def __init__(self, buffer, alpha: float = 0.5, eps: float = 1e-6, normalize: str = "buffer"):
+        self.buffer, self.alpha, self.eps, self.normalize = buffer, alpha, eps, normalize
         self.tree = SumTree(buffer.capacity)
         self.max_priority = 1.0
         self.beta = 0.4  # set by the agent each training phase (annealed towards 1)
@@ -101,7 +103,10 @@ class Prioritized:
         batch = self.buffer.gather(idx, device)
         total, n = self.tree.total, len(self.buffer)
         weights = (n * self.tree.values(idx) / total) ** -self.beta
-        weights /= (n * self.tree.min / total) ** -self.beta  # the largest weight any stored transition has
+        if self.normalize == "batch":
+            weights /= weights.max(axis=-1, keepdims=True)
+        else:
+            weights /= (n * self.tree.min / total) ** -self.beta  # the largest weight any stored transition has
         batch.weights = to_device(torch.from_numpy(weights.astype(np.float32)), device)
         batch.indices = idx
         return batch
