@@ -221,12 +221,18 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def reopen_run(run_dir: str | Path) -> tuple[Run, Path | None, str | None]:
+def reopen_run(run_dir: str | Path, total_steps: int | None = None) -> tuple[Run, Path | None, str | None]:
     """An interrupted run, locked, its trainer restored from a checkpoint. Returns the run, the checkpoint (None
     when the run was killed before its first one: it starts from the beginning) and a note when `latest` was
     missing or damaged and an older complete checkpoint was taken instead, or when the envs' episodes in progress
-    were restarted rather than restored (ale-py's AtariVectorEnv)."""
+    were restarted rather than restored (ale-py's AtariVectorEnv).
+
+    `total_steps` (`--total-steps N`) gives an RL run, finished or not, a longer budget: it trains on to N env
+    steps, its schedules (learning rate, exploration, clipping) stretched to N from where they are, as a run
+    configured with N would have them from that step on. config.yaml takes N and a finished run's summary.json is
+    kept as summary-OLD.json, both once the checkpoint has been restored (a failed command changes nothing)."""
     run = open_run(run_dir)
+    previous = _longer_budget(run, total_steps) if total_steps is not None else None
     try:
         if distributed.is_main_process():  # torchrun: rank 0 holds the lock for all, as in start_run
             run.lock = RunLock(run.dir)
@@ -235,16 +241,39 @@ def reopen_run(run_dir: str | Path) -> tuple[Run, Path | None, str | None]:
             raise
         raise UserError(f"cannot resume {run.dir}: {os_error_line(err)}") from None
     try:
-        if (run.dir / "summary.json").is_file():
-            raise UserError(f"run {run.dir} already finished (summary.json exists); evaluate it: rl-lab eval {run.dir}")
+        summary = run.dir / "summary.json"
+        if summary.is_file() and previous is None:
+            raise UserError(
+                f"run {run.dir} already finished (summary.json exists); evaluate it: rl-lab eval {run.dir}, "
+                f"or train it on: rl-lab train --resume {run.dir} --total-steps N"
+            )
         checkpoint, note = resume_checkpoint(run.dir / "checkpoints")
         if checkpoint is not None:
             restarted = run.trainer.resume(checkpoint)  # a note when the envs' episodes could only be restarted
             note = "; ".join(n for n in (note, restarted) if n) or None
+        if previous is not None:
+            run.trainer.state.final_eval = None  # evaluated again at the new end (an RL loop's state)
+            if summary.is_file():
+                summary.replace(run.dir / f"summary-{previous}.json")
+            write_atomic(run.dir / "config.yaml", to_yaml(run.config))
+            longer = f"budget raised from {previous:,} to {total_steps:,} env steps"
+            note = "; ".join(n for n in (note, longer) if n)
     except BaseException:
         run.release()
         raise
     return run, checkpoint, note
+
+
+def _longer_budget(run: Run, total_steps: int) -> int:
+    """Set the run's train.total_steps (in memory) to a larger `total_steps`; returns the old one."""
+    train = getattr(run.config, "train", None)
+    if not hasattr(train, "total_steps"):
+        raise UserError(f"--total-steps: {run.dir} trains for epochs, not env steps")
+    previous = train.total_steps
+    if total_steps <= previous:
+        raise UserError(f"--total-steps {total_steps}: must be more than the run's {previous:,} env steps")
+    train.total_steps = total_steps
+    return previous
 
 
 def train(run: Run, resume: bool = False, console: bool = True) -> dict:

@@ -372,3 +372,32 @@ def test_resume_with_fewer_envs_than_the_checkpoint_is_a_user_error(resumed_runs
     result = run_rl_lab("train", "--resume", run_dir, cwd=tmp_path)
     assert "envs" in user_error_line(result)
     assert tree_bytes(run_dir) == before
+
+
+def test_a_finished_run_trains_on_to_a_larger_total_steps(tiny_runs, tmp_path):
+    """`--resume RUN --total-steps N`: the finished 3000-step run continues from its final checkpoint to N (its past
+    metrics untouched, its old summary kept), with config.yaml saying N; a smaller N or a missing --resume is exit 2
+    with the run left byte for byte as it was."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["base"], run_dir)
+    original = tree_bytes(run_dir)
+    for args in (("--resume", run_dir, "--total-steps", "3000"), (CARTPOLE_CONFIG, "--total-steps", "4000")):
+        assert "--total-steps" in user_error_line(run_rl_lab("train", *args, cwd=tmp_path))
+        assert tree_bytes(run_dir) == original
+
+    result = run_rl_lab("train", "--resume", run_dir, "--total-steps", "4000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "budget raised from 3,000 to 4,000 env steps" in result.stdout
+    assert (run_dir / "summary-3000.json").read_bytes() == original["summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 4000
+    assert "total_steps: 4000" in (run_dir / "config.yaml").read_text()
+    before = [json.loads(line) for line in original["metrics.jsonl"].decode().splitlines()]
+    after = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in before if r["step"] < 3000]  # up to the final checkpoint; the old final lines are redone
+    assert after[: len(kept)] == kept
+    final = [r for r in after if r["step"] == 4000 and "eval/return_mean" in r]  # evaluated again at the new end
+    assert (
+        max(r["step"] for r in after) == 4000 and final[0]["eval/return_mean"] == summary["final_eval"]["return_mean"]
+    )
+    assert (run_dir / "checkpoints" / "step_0000004000").is_dir()

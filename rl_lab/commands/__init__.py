@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", metavar="SEEDS", help="an experiment: one run per seed under one directory (0-9, 0,3,7 or 0-4,9)"
     )
     train.add_argument("--parallel", type=int, metavar="N", help="experiment runs at once, sharing the cores (1)")
+    train.add_argument(
+        "--total-steps", type=int, metavar="N", help="with --resume RUN_DIR: train on to N env steps (a longer budget)"
+    )
     _backend_options(train)
 
     ev = sub.add_parser("eval", help="re-evaluate the saved agent of a run")
@@ -205,6 +208,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         from rl_lab.commands.compare import compare
 
         compare(args.paths, args.metric, args.out, args.target)
+    elif args.command == "train" and args.total_steps is not None and (not args.resume or _experiment(args)):
+        raise UserError("--total-steps goes with --resume RUN_DIR of one run (not an experiment, not a config)")
     elif _experiment(args):
         from rl_lab.commands.experiment import train
 
@@ -214,7 +219,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         if args.config or args.overrides:
             raise UserError("--resume takes only a run directory: the run's own config.yaml is used")
-        resume(args.resume)
+        resume(args.resume, args.total_steps)
     elif args.config:
         from rl_lab.commands.train import train
 
@@ -235,7 +240,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     options (`rl-lab train CONFIG --seeds 0-9 agent.optim.lr=1e-3`); so does `variance-study`, whose config may
     then be left out (`rl-lab variance-study --out runs/vs seed=3`)."""
     if argv[:1] == ["train"]:
-        options = tuple(f"--{name}=" for name in ("resume", "seeds", "parallel", "backend", "address"))
+        options = tuple(f"--{name}=" for name in ("resume", "seeds", "parallel", "backend", "address", "total-steps"))
         argv = [a[2:] if a.startswith("--") and "=" in a and not a.startswith(options) else a for a in argv]
     parser = _parser()
     args, extra = parser.parse_known_args(argv)

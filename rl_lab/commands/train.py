@@ -15,8 +15,8 @@ def train(config_path: str, overrides: list[str]) -> dict:
     return _train(run, resume=False, header=run.header())
 
 
-def resume(run_dir: str) -> dict:
-    run, checkpoint, note = runs.reopen_run(run_dir)
+def resume(run_dir: str, total_steps: int | None = None) -> dict:
+    run, checkpoint, note = runs.reopen_run(run_dir, total_steps)
     if checkpoint is None:
         header = f"resuming {run.dir} from the beginning (it was stopped before its first checkpoint)"
     else:
