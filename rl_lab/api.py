@@ -96,10 +96,11 @@ def train(
     return TrainedRun(run.dir, summary, run.report)
 
 
-def resume(run_dir: str | Path, *, verbose: bool = False) -> TrainedRun:
-    """Continue an interrupted run from its last checkpoint to the same result as an uninterrupted run."""
+def resume(run_dir: str | Path, *, total_steps: int | None = None, verbose: bool = False) -> TrainedRun:
+    """Continue an interrupted run from its last checkpoint to the same result as an uninterrupted run, or, with
+    `total_steps`, a run (finished or not) on to that longer budget (`rl-lab train --resume DIR --total-steps N`)."""
     with _process_state():
-        run, _, _ = runs.reopen_run(run_dir)
+        run, _, _ = runs.reopen_run(run_dir, total_steps)
         summary = runs.train(run, resume=True, console=verbose)
     if verbose:
         print(run.report)

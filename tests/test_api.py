@@ -4,6 +4,7 @@ as the command line, quietly, leaving the process's threads and RNG states alone
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -128,6 +129,16 @@ def test_resume_continues_an_interrupted_run_to_the_same_metrics(api_run, tmp_pa
     resumed = rl_lab.resume(cut)
     assert (cut / "metrics.jsonl").read_bytes() == (api_run.dir / "metrics.jsonl").read_bytes()
     assert resumed.summary["final_eval"] == api_run.summary["final_eval"]
+
+
+def test_resume_with_total_steps_trains_a_finished_run_on(api_run, tmp_path):
+    longer = tmp_path / "longer"
+    shutil.copytree(api_run.dir, longer)
+    with pytest.raises(rl_lab.UserError, match="already finished"):
+        rl_lab.resume(longer)
+    resumed = rl_lab.resume(longer, total_steps=3500)
+    assert resumed.summary["env_steps"] == 3500 and resumed.metrics[-1]["step"] == 3500
+    assert resumed.config["train"]["total_steps"] == 3500
 
 
 @pytest.mark.parametrize(
