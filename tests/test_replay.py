@@ -165,6 +165,18 @@ def test_state_dict_round_trip(n_added):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
 
 
+def test_a_wrapped_ring_loads_oldest_first_into_a_larger_buffer():
+    """A run given a longer budget (`--total-steps`) may get a larger replay: the saved ring, wrapped at 10, is
+    unrolled so the next transitions overwrite nothing and no empty slot is ever sampled."""
+    small = new_buffer(10)
+    add(small, list(range(1, 24)))  # 14..23 kept, the oldest (14) at slot 3
+    larger = new_buffer(16)
+    larger.load_state_dict(small.state_dict())
+    add(larger, [100, 101, 102])
+    assert (len(larger), larger.pos) == (13, 13)
+    np.testing.assert_allclose(larger.rewards[:13], np.array([*range(14, 24), 100, 101, 102], np.float32) / 10)
+
+
 @pytest.mark.parametrize(
     "other",
     [

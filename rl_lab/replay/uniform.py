@@ -188,9 +188,12 @@ class ReplayBuffer:
                     f"checkpoint replay buffer field {name!r} has shape {saved.shape}/{saved.dtype}, "
                     f"the config expects (<={self.capacity}, {target.shape[1:]})/{target.dtype}"
                 )
+        # a ring that wrapped at another capacity (a run given a longer budget holds more): oldest first
+        unroll = size < self.capacity and pos != size
+        order = (pos + np.arange(size)) % size if unroll else slice(None)
         for name in self.FIELDS:
-            getattr(self, name)[:size] = arrays[name]
-        self.pos, self.size = pos, size
+            getattr(self, name)[:size] = arrays[name][order]
+        self.pos, self.size = (size if unroll else pos), size
 
     def latest(self, n: int) -> dict[str, np.ndarray]:
         """The `n` newest transitions, oldest first, as numpy arrays (for on-line learners, e.g. tabular Q)."""
