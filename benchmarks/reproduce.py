@@ -17,7 +17,8 @@ model, cores, torch version, load average at start: busy or idle) and the exact 
 one `rl-lab train CONFIG ... --seeds S` experiment under RUNS/NAME/CELL (`--runs`, default runs/reproduce), trained
 one run at a time; running the same command again skips the seeds that finished and adds new ones, so a table can
 be filled cell by cell (`--cells`, shell patterns). Cells kept from earlier invocations keep their own stamps; the
-table marks the cells that were not run at the current commit. Over the seeds: the mean with its 95 % stratified
+table marks the cells that were not run with the current commit's code (CODE_PATHS: a docs-only commit keeps a cell
+current). Over the seeds: the mean with its 95 % stratified
 bootstrap CI (rl_lab.stats; with 3 seeds the interval is the seeds' range).
 
 Budgets come from the configs (epochs for the supervised tasks, the documented command's steps for the variance
@@ -59,6 +60,7 @@ DEFAULT_OUT = DOCS / "results"
 DEFAULT_RUNS = ROOT / "runs" / "reproduce"
 COMMON = ("device=cpu", "torch_threads=1", "logger.wandb.mode=disabled")  # every training run: CPU, 1 thread
 BUSY_LOAD = 0.5  # 1-minute load average at start above which the machine counts as busy
+CODE_PATHS = ("rl_lab/", "agents/", "envs/", "configs/", "pyproject.toml")  # what a number depends on
 STAMP_FILE = "reproduce.json"  # beside experiment.json: each seed's stamp, taken when reproduce.py started it
 
 
@@ -258,10 +260,21 @@ def estimate(values: list[float]) -> dict:
     return stats.interval_estimates([np.array(values, dtype=float)])["mean"].to_dict()
 
 
+def same_code(s: dict, commit: str) -> bool:
+    """Whether a seed stamped `s` ran the code of `commit`: its commit's CODE_PATHS equal commit's, and none of them
+    was changed in its tree (so a docs-only commit during a long table keeps its cells current)."""
+    if any(f.split(" -> ")[-1].startswith(CODE_PATHS) for f in s["dirty_files"]):
+        return False
+    if s["commit"] == commit:
+        return True
+    unchanged = subprocess.run(["git", "diff", "--quiet", s["commit"], commit, "--", *CODE_PATHS], cwd=ROOT)
+    return unchanged.returncode == 0
+
+
 def at_commit(entry: dict, commit: str) -> bool:
-    """Whether every seed of a cell was trained by reproduce.py at `commit`."""
+    """Whether every seed of a cell was trained by reproduce.py with the code of `commit`."""
     found = entry.get("stamps") or {}
-    return bool(found) and all(s is not None and s["commit"] == commit for s in found.values())
+    return bool(found) and all(s is not None and same_code(s, commit) for s in found.values())
 
 
 def fmt(entry: dict | None, metric: str, digits: int, ci: bool = True) -> str:
@@ -290,7 +303,8 @@ def seeds_note(entry: dict, commit: str) -> str:
 
 LEGEND = (
     "Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. Without a mark: "
-    "seeds 0-2 trained at this commit. † not rerun at this commit: one seed (0), the number of the table before "
+    "seeds 0-2 trained with this commit's code (rl_lab/, agents/, envs/, configs/). † not rerun at this commit: "
+    "one seed (0), the number of the table before "
     "issue 19, made by older code (see the page)."
 )
 
@@ -310,13 +324,13 @@ def run_table(ctx: Context, cells: list[Cell], chosen: list[Cell], render: Calla
     """Run the chosen cells, merge them into OUT/NAME.json (cells not chosen keep their earlier entries) and write
     OUT/NAME.md; update the docs page's block when writing into docs/results at the full budget."""
     path = ctx.out / f"{ctx.name}.json"
-    record = _read_json(path) or {}
-    entries = record.get("cells", {})
+    ran = {}
     for cell in chosen:
         print(f"== {ctx.name}: {cell.key}", flush=True)
-        entries[cell.key] = run_cell(cell, ctx)
+        ran[cell.key] = run_cell(cell, ctx)
     if ctx.dry_run:
         return 0
+    entries = {**(_read_json(path) or {}).get("cells", {}), **ran}  # read now: another invocation may have written
     order = [c.key for c in cells]
     entries = dict(sorted(entries.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     record = {"table": ctx.name, "last_invocation": {"command": _shell(ctx.argv), **ctx.stamp}, "cells": entries}

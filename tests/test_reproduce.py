@@ -12,6 +12,7 @@ Refresh the record after an intended change with the command in the JSON (`last_
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -99,3 +100,63 @@ def test_dry_run_prints_the_documented_commands_and_writes_nothing(tmp_path):
     ram6 = [c for c in commands if c.startswith("rl-lab train configs/ram_translated.yaml task.figure_examples=0")]
     assert len(ram6) == 3 and all("torch_threads=1" in c for c in ram6)
     assert tree_bytes(tmp_path) == {}
+
+
+def _reproduce_module(monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_cell_stays_current_across_a_docs_only_commit_not_a_code_change(tmp_path, monkeypatch):
+    """A long table is filled over hours of commits: a seed counts as "at this commit" while the lab's code is the
+    same, whatever else was committed, and not once its code changed (committed or in its dirty tree)."""
+    reproduce_py = _reproduce_module(monkeypatch)
+    monkeypatch.setattr(reproduce_py, "ROOT", tmp_path)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "rl_lab").mkdir()
+    (tmp_path / "rl_lab" / "ram.py").write_text("glimpses = 6\n")
+    (tmp_path / "README.md").write_text("v1\n")
+    git("init", "-q")
+    git("add", ".")
+    trained = git("commit", "-qm", "code")
+    (tmp_path / "README.md").write_text("v2\n")
+    docs_only = git("commit", "-qam", "docs")
+    (tmp_path / "rl_lab" / "ram.py").write_text("glimpses = 8\n")
+    code_change = git("commit", "-qam", "code change")
+
+    def entry(commit, dirty_files=()):
+        return {"stamps": {"0": {"commit": commit, "dirty_files": list(dirty_files)}}}
+
+    assert reproduce_py.at_commit(entry(trained), docs_only)
+    assert reproduce_py.at_commit(entry(trained, ["README.md", "docs/RAM.md"]), docs_only)
+    assert not reproduce_py.at_commit(entry(trained, ["rl_lab/ram.py"]), trained)
+    assert not reproduce_py.at_commit(entry(trained), code_change)
+    assert not reproduce_py.at_commit(entry(trained), "0" * 40)  # a commit git does not know
+
+
+def test_a_table_written_keeps_cells_another_invocation_wrote_meanwhile(tmp_path, monkeypatch):
+    """Two `reproduce.py ram --cells ...` run side by side (one per core) each write the table at their end: the
+    later one must keep the cells the earlier one wrote after it started, not its own stale copy of the JSON."""
+    reproduce_py = _reproduce_module(monkeypatch)
+    out = tmp_path / "out"
+    cells = reproduce_py.ram_cells()
+    ctx = reproduce_py.Context("ram", [0], budget=0.5, out=out, runs=tmp_path / "runs", dry_run=False, argv=["ram"])
+    mine, theirs = cells[0], cells[1]
+
+    def finished_meanwhile(cell, context):  # the other invocation finishes its cell while this one trains
+        record = {"table": "ram", "cells": {theirs.key: {"key": theirs.key, "legacy": True, "seeds": [0]}}}
+        out.mkdir(exist_ok=True)
+        (out / "ram.json").write_text(json.dumps(record))
+        return {"key": cell.key, "legacy": True, "seeds": [0], "failed_seeds": []}
+
+    monkeypatch.setattr(reproduce_py, "run_cell", finished_meanwhile)
+    reproduce_py.run_table(ctx, cells, [mine], lambda record, commit: "table\n")
+    written = json.loads((out / "ram.json").read_text())["cells"]
+    assert set(written) == {mine.key, theirs.key}
