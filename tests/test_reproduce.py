@@ -2,7 +2,8 @@
 
 The CI check reruns the RAM 28x28 cell (6 glimpses, configs/ram_mnist.yaml) for seed 0 at the reduced budget recorded
 in docs/results/ci/ram.json, through reproduce.py itself (the same command, the same JSON), and compares it with the
-recorded distribution over seeds 0-2. Tolerance: the recorded 95 % CI is that of a mean over n seeds, half-width
+recorded distribution over seeds 0-9 (seed 0 itself differs between machines of this workplace: 24.60 vs 25.90 %).
+Tolerance: the recorded 95 % CI is that of a mean over n seeds, half-width
 about 1.96 sigma / sqrt(n); one run falls within 1.96 sigma of the mean 95 % of the time, so the band for one run is
 the mean ± sqrt(n) times the CI's half-width (at least one binomial standard error on the 1,000 test images, for
 seeds that happened to agree). A change that moves the number as much as another seed would passes; one that
@@ -43,7 +44,7 @@ def band(estimate: dict, seeds: int) -> tuple[float, float]:
 @pytest.mark.learning
 def test_ram_28x28_cell_reproduces_its_recorded_number(tmp_path):
     recorded = json.loads(RECORD.read_text())["cells"][CELL]
-    assert recorded["seeds"] == [0, 1, 2] and recorded["budget"] < 1
+    assert len(recorded["seeds"]) >= 3 and recorded["budget"] < 1
     result = reproduce(
         "ram",
         "--cells",
@@ -65,7 +66,7 @@ def test_ram_28x28_cell_reproduces_its_recorded_number(tmp_path):
     low, high = band(recorded["estimates"]["error"], len(recorded["seeds"]))
     assert low <= error <= high, (
         f"RAM 28x28, 6 glimpses, seed 0 at budget {recorded['budget']}: test error {error:.2f} %, recorded "
-        f"{recorded['values']['error']} (seeds 0-2) -> accepted [{low:.2f}, {high:.2f}]"
+        f"{recorded['values']['error']} (seeds {recorded['seeds']}) -> accepted [{low:.2f}, {high:.2f}]"
     )
     ml_low, ml_high = band(recorded["estimates"]["error_mean_location"], len(recorded["seeds"]))
     assert ml_low <= rerun["values"]["error_mean_location"][0] <= ml_high
