@@ -83,8 +83,12 @@ def machine() -> dict:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
         cpu = names[0] if names else cpu
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    import torch  # here: the --help and bad-input paths stay fast
+
     return {
         "cpu": cpu,
+        # seed 0 of one commit differed between machines that all read "AMD EPYC": the kernels torch picks may differ
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": importlib.metadata.version("torch"),
         "python": platform.python_version(),
