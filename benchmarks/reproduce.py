@@ -18,8 +18,8 @@ one `rl-lab train CONFIG ... --seeds S` experiment under RUNS/NAME/CELL (`--runs
 one run at a time; running the same command again skips the seeds that finished and adds new ones, so a table can
 be filled cell by cell (`--cells`, shell patterns). Cells kept from earlier invocations keep their own stamps; the
 table marks the cells that were not run with the current commit's code (CODE_PATHS: a docs-only commit keeps a cell
-current). Over the seeds: the mean with its 95 % stratified
-bootstrap CI (rl_lab.stats; with 3 seeds the interval is the seeds' range).
+current). Over the seeds: the mean with its 95 % stratified bootstrap CI (rl_lab.stats; with 3 seeds the interval is
+the seeds' range).
 
 Budgets come from the configs (epochs for the supervised tasks, the documented command's steps for the variance
 study); `--budget 0.1` scales them for a quick check (then OUT defaults to RUNS/budget-0.1, so no docs table is
@@ -308,8 +308,7 @@ def seeds_note(entry: dict, commit: str) -> str:
 LEGEND = (
     "Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. Without a mark: "
     "seeds 0-2 trained with this commit's code (rl_lab/, agents/, envs/, configs/). † not rerun at this commit: "
-    "one seed (0), the number of the table before "
-    "issue 19, made by older code (see the page)."
+    "one seed (0), the number of the table before issue 19, made by older code (see the page)."
 )
 
 
