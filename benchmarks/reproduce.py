@@ -195,8 +195,25 @@ def _fill(text: str, ctx: Context) -> str:
     return text.replace("{runs}", _rel(ctx.runs / ctx.name)).replace("{suffix}", ctx.suffix)
 
 
-def run_cell(cell: Cell, ctx: Context) -> dict:
-    """Train the cell's unfinished seeds, one run at a time, and read every seed's numbers."""
+def recorded_seeds(entry: dict | None, cell: Cell, overrides: list[str], ctx: Context) -> dict[int, tuple]:
+    """Seeds of the cell's JSON entry made by this code with these overrides: seed -> (its numbers, its stamp).
+    They count as finished, so a table fills across sessions whose run directories do not survive."""
+    if not entry or entry.get("legacy") or (entry.get("config"), entry.get("overrides")) != (cell.config, overrides):
+        return {}
+    if entry.get("budget", 1) != ctx.budget:
+        return {}
+    found = {}
+    for i, seed in enumerate(entry["seeds"]):
+        s = entry["stamps"].get(str(seed))
+        if seed in ctx.seeds and s is not None and same_code(s, ctx.stamp["commit"]):
+            found[seed] = ({name: v[i] for name, v in entry["values"].items()}, s)
+    return found
+
+
+def run_cell(cell: Cell, ctx: Context, previous: dict | None = None) -> dict:
+    """Train the cell's unfinished seeds, one run at a time, and read every seed's numbers. A seed counts as
+    finished when its run directory has a summary or when `previous` (the cell's JSON entry) recorded it with this
+    code."""
     commands = []
     for before, made in zip(cell.before, cell.made, strict=True):
         argv = [_fill(a, ctx) for a in before]
@@ -211,8 +228,12 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
     base = ["train", cell.config, *overrides, f"run.dir={_rel(exp)}"]
     commands.append(_shell(["rl-lab", *base, "--seeds", format_seeds(ctx.seeds)]))
     stamps = _read_json(exp / STAMP_FILE) or {}
+    recorded = recorded_seeds(previous, cell, overrides, ctx)
     for seed in ctx.seeds:  # one invocation per seed, so each seed's stamp is that of its own start
         if (exp / f"seed-{seed}" / "summary.json").is_file():
+            continue
+        if seed in recorded:
+            print(f"{cell.key}: seed {seed} kept from the JSON (made by this code at {recorded[seed][1]['commit']})")
             continue
         stamps[str(seed)] = stamp()
         keep_stamps(exp, stamps, ctx.dry_run)
@@ -222,11 +243,15 @@ def run_cell(cell: Cell, ctx: Context) -> dict:
     done, failed = [], []
     for seed in ctx.seeds:
         summary = _read_json(exp / f"seed-{seed}" / "summary.json")
-        if summary is None:
+        if summary is None and seed in recorded:
+            numbers, stamps[str(seed)] = recorded[seed]
+        elif summary is None:
             failed.append(seed)
             continue
+        else:
+            numbers = cell.read(summary)
         done.append(seed)
-        for name, value in cell.read(summary).items():
+        for name, value in numbers.items():
             values.setdefault(name, []).append(float(value))
     entry = {
         "key": cell.key,
@@ -327,10 +352,11 @@ def run_table(ctx: Context, cells: list[Cell], chosen: list[Cell], render: Calla
     """Run the chosen cells, merge them into OUT/NAME.json (cells not chosen keep their earlier entries) and write
     OUT/NAME.md; update the docs page's block when writing into docs/results at the full budget."""
     path = ctx.out / f"{ctx.name}.json"
+    previous = (_read_json(path) or {}).get("cells", {})
     ran = {}
     for cell in chosen:
         print(f"== {ctx.name}: {cell.key}", flush=True)
-        ran[cell.key] = run_cell(cell, ctx)
+        ran[cell.key] = run_cell(cell, ctx, previous.get(cell.key))
     if ctx.dry_run:
         return 0
     entries = {**(_read_json(path) or {}).get("cells", {}), **ran}  # read now: another invocation may have written

@@ -151,7 +151,7 @@ def test_a_table_written_keeps_cells_another_invocation_wrote_meanwhile(tmp_path
     ctx = reproduce_py.Context("ram", [0], budget=0.5, out=out, runs=tmp_path / "runs", dry_run=False, argv=["ram"])
     mine, theirs = cells[0], cells[1]
 
-    def finished_meanwhile(cell, context):  # the other invocation finishes its cell while this one trains
+    def finished_meanwhile(cell, context, previous=None):  # the other invocation finishes its cell meanwhile
         record = {"table": "ram", "cells": {theirs.key: {"key": theirs.key, "legacy": True, "seeds": [0]}}}
         out.mkdir(exist_ok=True)
         (out / "ram.json").write_text(json.dumps(record))
@@ -161,3 +161,28 @@ def test_a_table_written_keeps_cells_another_invocation_wrote_meanwhile(tmp_path
     reproduce_py.run_table(ctx, cells, [mine], lambda record, commit: "table\n")
     written = json.loads((out / "ram.json").read_text())["cells"]
     assert set(written) == {mine.key, theirs.key}
+
+
+def test_seeds_recorded_by_this_code_are_kept_not_retrained(tmp_path, monkeypatch, capsys):
+    """Run directories do not outlive a session here, so a table is filled across sessions: a seed the JSON recorded
+    with this code and these overrides counts as done (its numbers and stamp kept); with other overrides it reruns."""
+    reproduce_py = _reproduce_module(monkeypatch)
+    cell = reproduce_py.ram_cells()[0]
+    ctx = reproduce_py.Context("ram", [0, 1], 1, tmp_path / "o", tmp_path / "r", dry_run=True, argv=["ram"])
+    overrides = reproduce_py.run_cell(cell, ctx)["overrides"]
+    made_here = {"commit": ctx.stamp["commit"], "dirty_files": [], "date": "then"}
+    previous = {"config": cell.config, "overrides": overrides, "budget": 1, "seeds": [0], "values": {"error": [4.5]}}
+    previous["stamps"] = {"0": made_here}
+    capsys.readouterr()
+
+    def trained_seeds() -> list[str]:
+        return [line.split("--seeds ")[-1] for line in capsys.readouterr().out.splitlines() if line[:2] == "$ "]
+
+    entry = reproduce_py.run_cell(cell, ctx, previous)
+    assert entry["seeds"] == [0] and entry["values"] == {"error": [4.5]} and entry["stamps"]["0"] == made_here
+    assert trained_seeds() == ["1"]  # only seed 1 would train
+    assert entry["failed_seeds"] == [1]  # (a dry run trains nothing)
+
+    other = {**previous, "overrides": [*overrides, "train.epochs=3"]}
+    assert reproduce_py.run_cell(cell, ctx, other)["seeds"] == []
+    assert trained_seeds() == ["0", "1"]
