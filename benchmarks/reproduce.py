@@ -15,8 +15,9 @@ also replaces the block between `<!-- reproduce.py NAME -->` and `<!-- /reproduc
 Every result is stamped with the commit, whether the tree was dirty (and which files), the date, the machine (CPU
 model, cores, torch version, load average at start: busy or idle) and the exact commands. Each cell of a table is
 one `rl-lab train CONFIG ... --seeds S` experiment under RUNS/NAME/CELL (`--runs`, default runs/reproduce), trained
-one run at a time; running the same command again skips the seeds that finished and adds new ones, so a table can
-be filled cell by cell (`--cells`, shell patterns). Cells kept from earlier invocations keep their own stamps; the
+one run at a time; running the same command again skips the seeds that finished (in RUNS, or recorded in the JSON
+by the same code with the same overrides) and adds new ones, so a table can be filled cell by cell (`--cells`, shell
+patterns) and across sessions. Cells kept from earlier invocations keep their own stamps; the
 table marks the cells that were not run with the current commit's code (CODE_PATHS: a docs-only commit keeps a cell
 current). Over the seeds: the mean with its 95 % stratified bootstrap CI (rl_lab.stats; with 3 seeds the interval is
 the seeds' range).
