@@ -9,7 +9,8 @@ Each run is the lab's own CLI on one torch thread with W&B off, in OUT/NAME, one
 is resumed from its last checkpoint by the same command (the MinAtar envs snapshot, so it continues exactly), a
 finished one is skipped. Random play: 100 episodes of uniformly random actions per game, env seeds 10000-10099.
 The figure shows each run's greedy evaluations (20 episodes every 50k steps) against env steps, one panel per game,
-random play dashed; the JSON beside it holds every evaluation, the random means and the commands.
+random play dashed; the JSON beside it holds every evaluation, the random means and the commands. A run whose
+directory is gone (another session made it) keeps the curve that JSON recorded.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def evaluations(run_dir: Path) -> list[dict]:
     ]
 
 
-def draw(out: Path, random: dict, png: Path) -> dict:
+def draw(out: Path, random: dict, png: Path, recorded: dict) -> dict:
+    """One panel per game; a run's curve comes from its run directory, else from `recorded` (the JSON an earlier
+    invocation wrote: the runs take hours each and their directories need not outlive a session)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(GAMES), figsize=(6 * len(GAMES), 4), dpi=120, squeeze=False)
     curves = {}
@@ -86,6 +89,9 @@ def draw(out: Path, random: dict, png: Path) -> dict:
         for name in RUNS:
             if name.startswith(game) and (out / name / "metrics.jsonl").is_file():
                 curves[name] = evaluations(out / name)
+            elif name.startswith(game) and name in recorded:
+                curves[name] = recorded[name]
+            if name in curves:
                 steps = np.array([e["step"] for e in curves[name]])
                 means = np.array([e["mean"] for e in curves[name]])
                 stds = np.array([e["std"] for e in curves[name]])
@@ -116,12 +122,14 @@ def main() -> None:
         for name in args.only or RUNS:
             commands[name] = train(name, args.out, args.steps, args.seed)
     random = {game: random_play(env_id) for game, env_id in GAMES.items()}
-    curves = draw(args.out, random, args.png)
+    earlier = json.loads(args.png.with_suffix(".json").read_text()) if args.png.with_suffix(".json").is_file() else {}
+    curves = draw(args.out, random, args.png, earlier.get("evaluations", {}))
     for name, evals in curves.items():
         best = max(evals, key=lambda e: e["mean"])
         print(f"{name:28s} last {evals[-1]['mean']:7.2f} at {evals[-1]['step']:>9,}  best {best['mean']:.2f}")
     for game, r in random.items():
         print(f"random play {game:16s} {r['mean']:.2f} ± {r['std']:.2f} ({r['episodes']} episodes)")
+    commands = {**earlier.get("commands", {}), **{name: c for name, c in commands.items() if c}}
     record = {"random_play": random, "evaluations": curves, "commands": commands, "seed": args.seed}
     args.png.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
 
