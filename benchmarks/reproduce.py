@@ -331,11 +331,15 @@ def seeds_note(entry: dict, commit: str) -> str:
     return f" — {', '.join(marks)}" if marks else ""
 
 
-LEGEND = (
-    "Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. Without a mark: "
-    "seeds 0-2 trained with this commit's code (rl_lab/, agents/, envs/, configs/). † not rerun at this commit: "
-    "one seed (0), the number of the table before issue 19, made by older code (see the page)."
-)
+def legend(record: dict) -> str:
+    """What the table's numbers and marks mean (the † sentence only while some cell has that mark)."""
+    text = (
+        "Mean over seeds [95 % stratified bootstrap CI; with 3 seeds this is the range of the seeds]. Without a mark: "
+        "seeds 0-2 trained with this commit's code (rl_lab/, agents/, envs/, configs/)."
+    )
+    if any(entry.get("legacy") for entry in record["cells"].values()):
+        text += " † not rerun at this commit: one seed (0), the table before issue 19, made by older code."
+    return text
 
 
 def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
@@ -486,7 +490,7 @@ def render_ram(record: dict, commit: str) -> str:
     lines += [
         "",
         "Test error (%), 100 epochs per cell unless a budget is marked, best epoch on validation; RAM: Monte Carlo "
-        f"(M = 10), mean-location in parentheses. {LEGEND}",
+        f"(M = 10), mean-location in parentheses. {legend(record)}",
     ]
     return "\n".join(lines + provenance(record, commit)) + "\n"
 
@@ -556,7 +560,7 @@ def render_captioning(record: dict, commit: str) -> str:
             lines.append(f"| {model} | {encoder}{mark} | {beam} | " + " | ".join(row) + " |")
     lines += [
         "",
-        f"Test split (500 scenes), best-validation-CIDEr weights, 8 epochs unless a budget is marked. {LEGEND}",
+        f"Test split (500 scenes), best-validation-CIDEr weights, 8 epochs unless a budget is marked. {legend(record)}",
     ]
     return "\n".join(lines + provenance(record, commit)) + "\n"
 
