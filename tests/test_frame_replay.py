@@ -219,3 +219,32 @@ def test_replay_of_real_breakout_play_holds_exactly_the_stacks_acted_on_and_rece
         batch = buffer.gather(ring[buffer.has_transition[ring]])
         np.testing.assert_array_equal(batch.obs.numpy(), np.stack([o for o, _ in played[e]]))
         np.testing.assert_array_equal(batch.next_obs.numpy(), np.stack([n for _, n in played[e]]))
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_rings_saved_full_load_into_a_larger_buffer_holding_every_transition_exactly(n_step):
+    """A run given a longer budget (`--total-steps`) may get a larger replay: rings that wrapped at fewer slots are
+    unrolled, so every transition keeps its stacks, next stack and n-step return, and later steps overwrite none."""
+    record = {}
+    steps = list(play(2, 60, seed=6, pad="repeat", record=record))
+    small = FrameReplay(30, (K, H, W), 2, n_step=n_step, gamma=GAMMA)
+    for step in steps[:45]:  # 90 frames through 2 rings of 19 slots: both wrapped
+        small.add(*step)
+    larger = FrameReplay(100, (K, H, W), 2, n_step=n_step, gamma=GAMMA)
+    larger.load_state_dict({k: np.array(v) for k, v in small.state_dict().items()})
+    kept = set(small.rewards[small.has_transition].astype(int).tolist())
+    assert set(larger.rewards[larger.has_transition].astype(int).tolist()) == kept
+    for step in steps[45:]:
+        larger.add(*step)
+    stored = set(larger.rewards[larger.has_transition].astype(int).tolist())
+    assert stored == kept | {int(t) for step in steps[45:] for t in step[2]}  # nothing overwritten
+    idx = np.flatnonzero(larger.has_transition)
+    batch = larger.gather(idx)
+    for row, tid in enumerate(larger.rewards[idx].astype(int)):
+        obs, action, _, _, _ = record["log"][tid]
+        ret, last, disc = brute_nstep(record, tid, n_step, stored)
+        assert torch.equal(batch.obs[row], torch.from_numpy(obs)) and batch.actions[row].item() == action
+        assert torch.equal(batch.next_obs[row], torch.from_numpy(record["log"][last][2]))
+        if n_step > 1:
+            assert batch.rewards[row].item() == pytest.approx(ret, rel=1e-5)
+            assert batch.discount[row].item() == pytest.approx(disc, rel=1e-6)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import CARTPOLE_CONFIG, TINY, run_rl_lab
 
+from rl_lab.replay.frames import FrameReplay
 from rl_lab.replay.prioritized import Prioritized, SumTree
 from rl_lab.replay.uniform import ReplayBuffer
 
@@ -104,3 +108,53 @@ def test_state_dict_round_trip():
     other.load_state_dict(buffer.state_dict())
     assert other.max_priority == buffer.max_priority
     np.testing.assert_array_equal(other.tree.tree, buffer.tree.tree)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "frames"])
+def test_priorities_follow_their_transitions_into_a_larger_buffer(kind):
+    """`--total-steps` may give a resumed run a larger replay (and sum-tree): each saved transition keeps its
+    priority in whatever slot the larger buffer puts it."""
+
+    def make(capacity):
+        if kind == "uniform":
+            return Prioritized(ReplayBuffer(capacity, (2,), np.float32), alpha=1.0)
+        return Prioritized(FrameReplay(capacity, (2, 3, 3), num_envs=2), alpha=1.0)
+
+    small, rng = make(20), np.random.default_rng(7)
+    for t in range(40):  # rewards are ids; both kinds wrap
+        frames = rng.integers(0, 255, (2, 2, 3, 3), dtype=np.uint8)
+        obs = frames[..., 0, 0].astype(np.float32) if kind == "uniform" else frames
+        ids = np.array([2 * t + 1, 2 * t + 2], np.float32)
+        small.add(obs, np.zeros(2, np.int64), ids, obs, np.zeros(2, bool), np.array([t % 7 == 6] * 2))
+    held = np.flatnonzero(small.tree.values(np.arange(small.tree.leaves)) > 0)
+    held = held[held < small.buffer.capacity]
+    small.update_priorities(held, small.buffer.rewards[held])  # priority = id + eps
+    larger = make(64)
+    larger.load_state_dict({k: np.array(v) for k, v in small.state_dict().items()})
+    slots = np.flatnonzero(larger.tree.values(np.arange(larger.tree.leaves)) > 0)
+    priorities = {int(r): p for r, p in zip(larger.buffer.rewards[slots], larger.tree.values(slots), strict=True)}
+    assert priorities == {int(r): p for r, p in zip(small.buffer.rewards[held], small.tree.values(held), strict=True)}
+    assert larger.tree.total == pytest.approx(small.tree.total) and larger.max_priority == small.max_priority
+
+
+def test_checkpoints_holding_the_whole_tree_still_load():
+    """Checkpoints written before priorities were saved per transition hold all of the sum-tree's leaves."""
+    buffer = filled()
+    buffer.update_priorities(np.arange(10), np.arange(10.0))
+    state = buffer.state_dict()
+    state["priorities"] = buffer.tree.tree[buffer.tree.leaves :].copy()
+    other = Prioritized(ReplayBuffer(64, (2,), np.float32), alpha=0.6)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.tree.tree, buffer.tree.tree)
+
+
+def test_a_prioritized_run_trains_on_to_a_larger_budget_with_a_larger_replay(tmp_path):
+    """Its replay is sized to the 3000-step budget (buffer_size is larger); `--total-steps 5000` grows it
+    (and its sum-tree, from 4096 leaves to 8192)."""
+    run_dir = tmp_path / "run"
+    per = ["agent.prioritized=true", "agent.buffer_size=100000", f"run.dir={run_dir}"]
+    first = run_rl_lab("train", CARTPOLE_CONFIG, *TINY, *per, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    result = run_rl_lab("train", "--resume", run_dir, "--total-steps", "5000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 5000

@@ -182,8 +182,13 @@ class FrameReplay:
         per_env["rings"] = np.stack([self.pos, self.size, self.episode_start.astype(np.int64)])
         return per_env
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore from `state_dict()`; everything is checked before anything is written."""
+    def stored_slots(self) -> np.ndarray:
+        """The slot of each entry `state_dict()` saves, shaped (num_envs, used) like its per-slot fields."""
+        return self.base[:, None] + np.arange(int(self.size.max()))
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Restore from `state_dict()`; everything is checked before anything is written. Returns the slot each
+        saved entry now occupies, shaped like `stored_slots()`."""
         missing = [name for name in (*self.FIELDS, "frames", "rings") if name not in arrays]
         if missing:
             raise UserError(f"checkpoint replay buffer lacks {', '.join(missing)} (the checkpoint is incomplete)")
@@ -197,9 +202,17 @@ class FrameReplay:
                     f"checkpoint replay buffer field {name!r} has shape {arrays[name].shape}/{arrays[name].dtype}, "
                     f"the config expects {shape}/{np.dtype(dtype)} (resume with the run's original config)"
                 )
+        pos, size, episode_start = arrays["rings"]
+        # A ring saved full at fewer slots (a run given a longer budget gets a larger replay) is unrolled oldest
+        # first: each frame's predecessor stays the slot before it and the next frames overwrite nothing.
+        unroll = (size == used) & (used < self.slots)
+        column = np.arange(used)
+        saved_column = np.where(unroll[:, None], (pos[:, None] + column) % max(used, 1), column)
+        rows = np.arange(self.num_envs)[:, None]
         for name in self.FIELDS:
-            getattr(self, name).reshape(self.num_envs, self.slots)[:, :used] = arrays[name]
+            getattr(self, name).reshape(self.num_envs, self.slots)[:, :used] = arrays[name][rows, saved_column]
         frames = self.frames.view(self.num_envs, self.slots, *self.frames.shape[1:])
-        frames[:, :used] = torch.from_numpy(arrays["frames"]).to(self.device)
-        self.pos, self.size = arrays["rings"][0].copy(), arrays["rings"][1].copy()
-        self.episode_start = arrays["rings"][2].astype(bool)
+        frames[:, :used] = torch.from_numpy(arrays["frames"][rows, saved_column]).to(self.device)
+        self.pos, self.size = np.where(unroll, used, pos), size.copy()
+        self.episode_start = episode_start.astype(bool)
+        return self.base[:, None] + np.where(unroll[:, None], (column - pos[:, None]) % max(used, 1), column)

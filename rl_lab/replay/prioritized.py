@@ -118,13 +118,20 @@ class Prioritized:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = self.buffer.state_dict()
-        state["priorities"] = self.tree.tree[self.tree.leaves :].copy()
+        state["priorities"] = self.tree.values(self.buffer.stored_slots())  # beside the transitions, in their order
         state["max_priority"] = np.array([self.max_priority])
         return state
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
-        if "priorities" not in arrays or arrays["priorities"].shape != (self.tree.leaves,):
-            raise UserError("checkpoint replay buffer has no priorities that fit (resume with the original config)")
-        self.buffer.load_state_dict({k: v for k, v in arrays.items() if k not in ("priorities", "max_priority")})
-        self.tree.update(np.arange(self.tree.leaves), arrays["priorities"])
+        """Restore from `state_dict()`, also into a larger buffer (a run given a longer budget): the priorities
+        follow their transitions to the slots the buffer puts them in."""
+        saved = arrays.get("priorities")
+        rest = {k: v for k, v in arrays.items() if k not in ("priorities", "max_priority")}
+        if saved is not None and saved.shape == np.shape(arrays.get("rewards")):  # one per saved transition
+            self.tree.update(self.buffer.load_state_dict(rest), saved)
+        elif saved is not None and saved.shape == (self.tree.leaves,):  # older checkpoints: the whole tree's leaves
+            self.buffer.load_state_dict(rest)
+            self.tree.update(np.arange(self.tree.leaves), saved)
+        else:
+            raise UserError("checkpoint replay buffer has no priorities that fit its transitions")
         self.max_priority = float(arrays["max_priority"][0])

@@ -175,8 +175,13 @@ class ReplayBuffer:
         arrays["pos_size"] = np.array([self.pos, self.size], dtype=np.int64)
         return arrays
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore from `state_dict()`; every field is checked before any is written, so a mismatch changes nothing."""
+    def stored_slots(self) -> np.ndarray:
+        """The slot of each transition `state_dict()` saves, in its order (a wrapper saves per-slot data beside it)."""
+        return np.arange(self.size)
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Restore from `state_dict()`; every field is checked before any is written, so a mismatch changes nothing.
+        Returns the slot each saved transition now occupies."""
         missing = [name for name in (*self.FIELDS, "pos_size") if name not in arrays]
         if missing:
             raise UserError(f"checkpoint replay buffer lacks {', '.join(missing)} (the checkpoint is incomplete)")
@@ -194,6 +199,7 @@ class ReplayBuffer:
         for name in self.FIELDS:
             getattr(self, name)[:size] = arrays[name][order]
         self.pos, self.size = (size if unroll else pos), size
+        return (np.arange(size) - pos) % size if unroll else np.arange(size)
 
     def latest(self, n: int) -> dict[str, np.ndarray]:
         """The `n` newest transitions, oldest first, as numpy arrays (for on-line learners, e.g. tabular Q)."""
