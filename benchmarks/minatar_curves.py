@@ -79,6 +79,34 @@ def evaluations(run_dir: Path) -> list[dict]:
     ]
 
 
+def finished_runs(out: Path) -> dict:
+    """Final evaluation, wall clock and env steps/s of each finished run (from its summary.json)."""
+    summaries = {}
+    for name in RUNS:
+        if (out / name / "summary.json").is_file():
+            summary = json.loads((out / name / "summary.json").read_text())
+            final = summary["final_eval"]
+            summaries[name] = {
+                "final_mean": final["return_mean"],
+                "final_std": final["return_std"],
+                "final_episodes": final["episodes"],
+                "wall_time_s": round(summary["wall_time_s"], 1),
+                "sps": round(summary["sps"], 1),
+            }
+    return summaries
+
+
+def game_curves(game: str, out: Path, recorded: dict) -> dict:
+    """The evaluations of one game's runs: from the run directory where it exists, else as recorded earlier."""
+    curves = {}
+    for name in (name for name in RUNS if name.startswith(game)):
+        if (out / name / "metrics.jsonl").is_file():
+            curves[name] = evaluations(out / name)
+        elif name in recorded:
+            curves[name] = recorded[name]
+    return curves
+
+
 def draw(out: Path, random: dict, png: Path, recorded: dict) -> dict:
     """One panel per game; a run's curve comes from its run directory, else from `recorded` (the JSON an earlier
     invocation wrote: the runs take hours each and their directories need not outlive a session)."""
@@ -86,17 +114,15 @@ def draw(out: Path, random: dict, png: Path, recorded: dict) -> dict:
     fig, axes = plt.subplots(1, len(GAMES), figsize=(6 * len(GAMES), 4), dpi=120, squeeze=False)
     curves = {}
     for ax, (game, env_id) in zip(axes[0], GAMES.items(), strict=True):
-        for name in RUNS:
-            if name.startswith(game) and (out / name / "metrics.jsonl").is_file():
-                curves[name] = evaluations(out / name)
-            elif name.startswith(game) and name in recorded:
-                curves[name] = recorded[name]
-            if name in curves:
-                steps = np.array([e["step"] for e in curves[name]])
-                means = np.array([e["mean"] for e in curves[name]])
-                stds = np.array([e["std"] for e in curves[name]])
-                (line,) = ax.plot(steps, means, "o-", ms=3, label=name.split("_", 1)[1].replace("_", "-"))
-                ax.fill_between(steps, means - stds, means + stds, color=line.get_color(), alpha=0.15)
+        for name, evals in game_curves(game, out, recorded).items():
+            curves[name] = evals
+            steps = np.array([e["step"] for e in evals])
+            means = np.array([e["mean"] for e in evals])
+            stds = np.array([e["std"] for e in evals])
+            agent = name.split("_", 1)[1]
+            color = "tab:blue" if agent == "dqn" else "tab:orange"
+            ax.plot(steps, means, "o-", ms=3, color=color, label=agent.replace("_", "-"))
+            ax.fill_between(steps, means - stds, means + stds, color=color, alpha=0.15)
         ax.axhline(random[game]["mean"], color="grey", ls="--", label=f"random play ({random[game]['mean']:.2f})")
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
@@ -130,7 +156,9 @@ def main() -> None:
     for game, r in random.items():
         print(f"random play {game:16s} {r['mean']:.2f} ± {r['std']:.2f} ({r['episodes']} episodes)")
     commands = {**earlier.get("commands", {}), **{name: c for name, c in commands.items() if c}}
-    record = {"random_play": random, "evaluations": curves, "commands": commands, "seed": args.seed}
+    summaries = {**earlier.get("summaries", {}), **finished_runs(args.out)}
+    record = {"random_play": random, "evaluations": curves, "summaries": summaries, "commands": commands}
+    record["seed"] = args.seed
     args.png.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
 
 
