@@ -3,8 +3,8 @@
     python benchmarks/atari_curve.py RUN_DIR --clock RUN_DIR-clock.csv --out docs/pong_a2c_curve.png
 
 metrics.jsonl holds no time (it must stay identical across machines), so the wall clock comes from a CSV of
-`unix_time,last_logged_step` rows written beside the run once a minute while it trains (`--clock`), or, without
-it, from the wall time stored in the run's checkpoints.
+`unix_time,last_logged_step` rows written beside the run while it trains (`--clock`, e.g. once a minute by a shell
+loop reading the last line of metrics.jsonl); without it the figure has the env-steps panel only.
 """
 
 from __future__ import annotations

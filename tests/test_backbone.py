@@ -74,6 +74,29 @@ def test_nature_cnn_scales_uint8_inside_forward() -> None:
     assert not torch.allclose(from_uint8, enc(frames.float()))
 
 
+@pytest.mark.parametrize("spec", [CNN, EncoderSpec("resnet", (3, 16, 16), {"norm": "batch"})], ids=lambda s: s.name)
+def test_image_encoders_convolve_channels_last_on_the_cpu_with_the_same_results_and_plain_weights(
+    spec: EncoderSpec,
+) -> None:
+    """The fast oneDNN layout changes how the convs run, not what they compute, nor the layout checkpoints store."""
+    torch.manual_seed(0)
+    enc = build_encoder(spec).eval()
+    seen = []
+    first_conv = next(m for m in enc.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    frames = torch.rand(8, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+    out = enc(frames)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert torch.allclose(out, enc.net(frames), atol=1e-5)  # the same layers on the usual (N, C, H, W) layout
+    enc.train()
+    enc(frames).sum().backward()
+    optimizer = torch.optim.Adam(enc.parameters())
+    optimizer.step()
+    tensors = [*enc.state_dict().values(), *(t for s in optimizer.state.values() for t in s.values() if t.dim())]
+    assert all(t.is_contiguous() for t in tensors)
+    assert enc.eval()(frames[:1]).shape == (1, enc.out_dim)  # a single frame too
+
+
 def test_build_fills_defaults_into_spec() -> None:
     enc = build_encoder(EncoderSpec("mlp", [4], {}))
     assert enc.spec == EncoderSpec("mlp", (4,), {"hidden_sizes": [64, 64], "activation": "relu", "init": "torch"})

@@ -22,6 +22,7 @@ from rl_lab.backbone.encoders import (
     _activation,
     _positive_int,
     _positive_int_list,
+    channels_last_on_cpu,
 )
 from rl_lab.errors import UserError
 
@@ -245,7 +246,7 @@ class ResNet(Encoder):
         _check_common(spec, cls._widths(kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_as_float(x))
+        return self.net(channels_last_on_cpu(_as_float(x)))
 
 
 class VGG(Encoder):
