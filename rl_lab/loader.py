@@ -39,6 +39,22 @@ SAMPLED_POLICIES = "rl_lab.agents.configs:PolicyGradientConfig"
 LOOPS = {"offpolicy": "rl_lab.rl.offpolicy:OffPolicyTrainer", "onpolicy": "rl_lab.rl.onpolicy:OnPolicyTrainer"}
 
 
+def has_policy_distribution(config: Config) -> bool:
+    """Whether an RL run's agent acts from a policy distribution that evaluation can sample."""
+    return isinstance(config.agent, resolve(SAMPLED_POLICIES))
+
+
+def eval_deterministic(config: Config, actions: str) -> bool:
+    """`rl-lab eval --actions greedy|sampled` as eval.deterministic; only a policy distribution can be sampled."""
+    if not hasattr(config, "env"):
+        raise UserError(f"--actions {actions}: only RL runs act; this run trains a supervised task")
+    if actions == "sampled" and not has_policy_distribution(config):
+        raise UserError(
+            f"--actions sampled: {config.agent.name} acts on values, it has no policy to sample; use --epsilon instead"
+        )
+    return actions == "greedy"
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config | TaskConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path)
@@ -73,7 +89,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config | TaskConfig:
             from rl_lab.envs import check_env_id  # gymnasium, not torch
 
             check_env_id(config.env.id)
-            if not config.eval.deterministic and not isinstance(config.agent, resolve(SAMPLED_POLICIES)):
+            if not config.eval.deterministic and not has_policy_distribution(config):
                 raise InvalidValue(
                     "eval.deterministic=False",
                     f"{config.agent.name} acts on values, it has no policy to sample; use eval.epsilon instead",

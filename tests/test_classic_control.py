@@ -5,6 +5,7 @@ that stopped far short of solving with a budget far below the suite's, and learn
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -59,6 +60,36 @@ def test_sampled_evaluation_draws_actions_from_the_policy_reproducibly():
 def test_value_based_agents_refuse_sampled_evaluation(tmp_path):
     line = user_error_line(run_rl_lab("config", CONFIGS / "acrobot_dqn.yaml", "eval.deterministic=false", cwd=tmp_path))
     assert "eval.deterministic=False" in line and "eval.epsilon" in line
+
+
+def _table_row(stdout: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}\s+(\S+)\s*$", stdout, re.MULTILINE)
+    assert match, f"no {name!r} row in:\n{stdout}"
+    return match.group(1)
+
+
+def test_rl_lab_eval_acts_greedily_or_samples_the_policy_as_asked(tmp_path):
+    """`rl-lab eval --actions` overrides the run's eval.deterministic: sampled is how a policy-gradient agent acts
+    while it trains; value-based agents have nothing to sample."""
+    run_dir = tmp_path / "a2c"
+    overrides = [*QUIET, "train.total_steps=80", "eval.episodes=6", f"run.dir={run_dir}"]
+    trained = run_rl_lab("train", CONFIGS / "cartpole_a2c.yaml", *overrides, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    greedy, sampled = (run_rl_lab("eval", run_dir, "--actions", how, cwd=tmp_path) for how in ("greedy", "sampled"))
+    assert greedy.returncode == 0 and sampled.returncode == 0, greedy.stderr + sampled.stderr
+    assert "sampled actions" in sampled.stdout and "sampled actions" not in greedy.stdout
+    final = json.loads((run_dir / "summary.json").read_text())["final_eval"]  # the config's greedy protocol
+    assert _table_row(greedy.stdout, "return mean") == f"{final['return_mean']:.2f}"
+    # an untrained policy is near-uniform: its mode pushes one way and falls at once, its samples wander longer
+    assert float(_table_row(greedy.stdout, "return std")) < 2 < float(_table_row(sampled.stdout, "return std"))
+
+    dqn = tmp_path / "dqn"
+    made = run_rl_lab(
+        "train", CONFIGS / "acrobot_dqn.yaml", *QUIET, "train.total_steps=50", f"run.dir={dqn}", cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    line = user_error_line(run_rl_lab("eval", dqn, "--actions", "sampled", cwd=tmp_path))
+    assert "--actions sampled" in line and "dqn" in line and "--epsilon" in line
 
 
 def _summary(steps: int, final: float) -> dict:

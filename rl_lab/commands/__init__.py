@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--epsilon", type=float, help="epsilon-greedy evaluation (default: the config's eval.epsilon)")
     ev.add_argument("--seed", type=_seed, help="evaluation seed (default: seed + eval.seed_offset)")
     ev.add_argument(
+        "--actions",
+        choices=("greedy", "sampled"),
+        help="greedy actions, or samples of the policy's distribution (policy-gradient agents); "
+        "default: the config's eval.deterministic",
+    )
+    ev.add_argument(
         "--video", type=int, nargs="?", const=1, default=0, metavar="N", help="record N episodes (default 1) as mp4"
     )
 
@@ -166,7 +172,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         else:
             from rl_lab.commands.train import evaluate
 
-        evaluate(args.run_dir, args.episodes, args.epsilon, args.seed, args.video)
+        evaluate(args.run_dir, args.episodes, args.epsilon, args.seed, args.video, args.actions)
     elif args.command == "solve":
         from rl_lab.commands.solve import solve
 

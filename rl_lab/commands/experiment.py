@@ -12,7 +12,7 @@ import rl_lab.comparison as comparison
 import rl_lab.experiments as experiments
 from rl_lab.errors import UserError
 from rl_lab.fileio import dumps_json, write_atomic
-from rl_lab.loader import load_config
+from rl_lab.loader import eval_deterministic, load_config
 
 _print_lock = threading.Lock()
 
@@ -153,7 +153,14 @@ def cli_task(run_dir: str, start: list[str], log: str, threads: int) -> int:
         return 0
 
 
-def evaluate(exp_dir: str, episodes: int | None, epsilon: float | None, seed: int | None, video: int = 0) -> dict:
+def evaluate(
+    exp_dir: str,
+    episodes: int | None,
+    epsilon: float | None,
+    seed: int | None,
+    video: int = 0,
+    actions: str | None = None,
+) -> dict:
     """`rl-lab eval EXP`: re-evaluate every seed's latest checkpoint, print one line per seed and the table."""
     if video:
         raise UserError(
@@ -162,10 +169,11 @@ def evaluate(exp_dir: str, episodes: int | None, epsilon: float | None, seed: in
     if episodes is not None and episodes < 1:
         raise UserError(f"--episodes {episodes}: must be >= 1")
     experiment = experiments.open_experiment(exp_dir)
+    options = {"episodes": episodes, "epsilon": epsilon, "seed": seed}
+    if actions:
+        options.update(deterministic=eval_deterministic(load_config(experiment.config_path), actions))
     entry = comparison.Entry(experiment.dir.name, [])
-    for run_seed, result, problem in experiments.evaluate_experiment(
-        experiment, episodes=episodes, epsilon=epsilon, seed=seed
-    ):
+    for run_seed, result, problem in experiments.evaluate_experiment(experiment, **options):
         if problem:
             _say(f"seed {run_seed}: not evaluated ({problem})")
             continue

@@ -7,6 +7,7 @@ import sys
 
 import rl_lab.runs as runs
 from rl_lab.errors import UserError
+from rl_lab.loader import eval_deterministic
 from rl_lab.suite import budget_hint
 
 
@@ -42,8 +43,16 @@ def _train(run: runs.Run, resume: bool, header: str) -> dict:
     return summary
 
 
-def evaluate(run_dir: str, episodes: int | None, epsilon: float | None, seed: int | None, video: int = 0) -> dict:
-    """Re-evaluate a run's latest checkpoint and print a table; `video` env episodes go to RUN_DIR/videos/."""
+def evaluate(
+    run_dir: str,
+    episodes: int | None,
+    epsilon: float | None,
+    seed: int | None,
+    video: int = 0,
+    actions: str | None = None,
+) -> dict:
+    """Re-evaluate a run's latest checkpoint and print a table; `video` env episodes go to RUN_DIR/videos/;
+    `actions` (greedy | sampled) overrides the config's eval.deterministic."""
     if episodes is not None and episodes < 1:
         raise UserError(f"--episodes {episodes}: must be >= 1")
     if video < 0:
@@ -51,6 +60,8 @@ def evaluate(run_dir: str, episodes: int | None, epsilon: float | None, seed: in
     run = runs.open_run(run_dir)
     checkpoint = run.checkpoint
     options = {"episodes": episodes, "epsilon": epsilon, "seed": seed} if hasattr(run.config, "env") else {}
+    if actions:
+        options.update(deterministic=eval_deterministic(run.config, actions))
     if video and options:
         options["film"] = _film(run, video, episodes, seed)
     result, table = run.trainer.evaluate_checkpoint(checkpoint, **options)

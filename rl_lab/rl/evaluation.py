@@ -71,12 +71,15 @@ def evaluate(
     return {"returns": np.concatenate(returns), "lengths": np.concatenate(lengths)}
 
 
-def evaluate_run(policy, config, episodes: int, seed: int, epsilon: float, film=None) -> dict[str, np.ndarray]:
-    """`evaluate` on a run's env (env.id, env.kwargs, the vector kind it trained on), acting as eval.deterministic
-    says; torch's RNG is seeded with `seed` for sampled actions, and restored after."""
+def evaluate_run(
+    policy, config, episodes: int, seed: int, epsilon: float, film=None, deterministic: bool | None = None
+) -> dict[str, np.ndarray]:
+    """`evaluate` on a run's env (env.id, env.kwargs, the vector kind it trained on), acting as `deterministic`
+    (default eval.deterministic) says; torch's RNG is seeded with `seed` for sampled actions, and restored after."""
     from rl_lab.seeding import seeded_torch
 
-    env, deterministic = config.env, config.eval.deterministic
+    env = config.env
+    deterministic = config.eval.deterministic if deterministic is None else deterministic
     with seeded_torch(seed):
         vector = eval_vector(env)
         return evaluate(

@@ -61,26 +61,33 @@ class EnvLoop:
         return self.config.train.total_steps
 
     def evaluate(
-        self, episodes: int | None = None, epsilon: float | None = None, seed: int | None = None, film=None
+        self,
+        episodes: int | None = None,
+        epsilon: float | None = None,
+        seed: int | None = None,
+        film=None,
+        deterministic: bool | None = None,
     ) -> dict:
-        """The agent's greedy (or epsilon-greedy, or with eval.deterministic=false sampled) returns on fresh
-        evaluation envs; defaults from `eval.*`."""
+        """The agent's greedy (or epsilon-greedy, or with deterministic false sampled) returns on fresh evaluation
+        envs; defaults from `eval.*`."""
         c = self.config
         episodes = episodes or c.eval.episodes
         epsilon = c.eval.epsilon if epsilon is None else epsilon
         seed = c.seed + c.eval.seed_offset if seed is None else seed
-        return eval_stats(evaluate_run(self.agent.greedy, c, episodes, seed, epsilon, film), c.env.id)
+        result = evaluate_run(self.agent.greedy, c, episodes, seed, epsilon, film, deterministic)
+        return eval_stats(result, c.env.id)
 
     def evaluate_checkpoint(
-        self, checkpoint: Path, episodes=None, epsilon=None, seed=None, film=None
+        self, checkpoint: Path, episodes=None, epsilon=None, seed=None, film=None, deterministic=None
     ) -> tuple[dict, str]:
         """`rl-lab eval`: the checkpoint's agent re-evaluated, and its table; `film` (rl_lab.rl.video.Film) films
-        episodes of it."""
+        episodes of it; `deterministic` overrides eval.deterministic (greedy or sampled actions)."""
         step = self._load_weights(checkpoint)["step"]
         c = self.config
-        stats = self.evaluate(episodes, epsilon, seed, film)
+        stats = self.evaluate(episodes, epsilon, seed, film, deterministic)
         epsilon = c.eval.epsilon if epsilon is None else epsilon
-        how = f"epsilon {epsilon}" if c.eval.deterministic else f"sampled actions, epsilon {epsilon}"
+        greedy = c.eval.deterministic if deterministic is None else deterministic
+        how = f"epsilon {epsilon}" if greedy else f"sampled actions, epsilon {epsilon}"
         title = f"{checkpoint.parent.parent} at step {step} ({c.env.id}, {how})"
         return stats, format_eval_table(title, stats)
 
