@@ -78,14 +78,14 @@ def run_sb3(vec: str, steps: int) -> dict:
     return {"sps": (model.num_timesteps - clock.from_step) / elapsed, "torch_threads": torch.get_num_threads()}
 
 
-def run_ours(steps: int) -> dict:
+def run_ours(steps: int, threads: int) -> dict:
     import torch
 
     from rl_lab.loader import build_trainer, load_config
 
+    # torch_threads as asked: the config's `auto` would choose by the machine's load, SB3 gets `threads`
     overrides = ["device=cpu", f"train.total_steps={ROLLOUT + steps}", "logger.wandb.mode=disabled"]
-    config = load_config(ROOT / "configs" / "pong_ppo.yaml", overrides)
-    torch.set_num_threads(config.torch_threads or torch.get_num_threads())
+    config = load_config(ROOT / "configs" / "pong_ppo.yaml", [*overrides, f"torch_threads={threads}"])
     trainer = build_trainer(config)
     trainer.agent.update(trainer.collect(), trainer.state.step)  # the first rollout and update: warm-up
     start, from_step = time.perf_counter(), trainer.state.step
@@ -103,7 +103,7 @@ def worker(kind: str, steps: int, threads: int, out: Path) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    result = run_ours(steps) if kind == "ours" else run_sb3(kind.removeprefix("sb3-"), steps)
+    result = run_ours(steps, threads) if kind == "ours" else run_sb3(kind.removeprefix("sb3-"), steps)
     out.write_text(json.dumps(result))
 
 

@@ -74,7 +74,7 @@ def test_nature_cnn_scales_uint8_inside_forward() -> None:
     assert not torch.allclose(from_uint8, enc(frames.float()))
 
 
-@pytest.mark.parametrize("spec", [CNN, EncoderSpec("resnet", (3, 16, 16), {"norm": "batch"})], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [CNN, EncoderSpec("resnet", (3, 32, 32), {"norm": "batch"})], ids=lambda s: s.name)
 def test_image_encoders_convolve_channels_last_on_the_cpu_with_the_same_results_and_plain_weights(
     spec: EncoderSpec,
 ) -> None:
@@ -95,6 +95,14 @@ def test_image_encoders_convolve_channels_last_on_the_cpu_with_the_same_results_
     tensors = [*enc.state_dict().values(), *(t for s in optimizer.state.values() for t in s.values() if t.dim())]
     assert all(t.is_contiguous() for t in tensors)
     assert enc.eval()(frames[:1]).shape == (1, enc.out_dim)  # a single frame too
+
+
+def test_small_frames_keep_the_usual_layout_where_channels_last_gains_nothing() -> None:
+    enc = build_encoder(EncoderSpec("nature_cnn", (4, 10, 10), {"features": 128, "convs": [[16, 3, 1]]}))
+    seen = []
+    enc.net[0].register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    enc(torch.rand(8, 4, 10, 10))
+    assert seen[0].is_contiguous()
 
 
 def test_build_fills_defaults_into_spec() -> None:

@@ -230,10 +230,13 @@ class NatureCNN(Encoder):
 
 
 def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
-    """Image batches in channels-last memory take oneDNN's fast conv kernels: training steps of the Nature CNN 1.9-2.8x
-    and of the ResNet 2.3x faster on this CPU (docs/BENCHMARKS.md; VGG gains nothing). Only the input's layout
-    changes: results agree to float rounding, and weights, hence checkpoints, keep the usual layout."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" and x.dim() == 4 else x
+    """Image batches of at least 32x32 in channels-last memory take oneDNN's faster conv kernels: training steps of
+    the Nature CNN 1.2-1.5x and of the ResNet 1.3x faster on this CPU (benchmarks/conv_layout.py, docs/
+    BENCHMARKS.md); smaller frames (MinAtar's 10x10) gain nothing. Only the input's layout changes: results agree
+    to float rounding, and weights, hence checkpoints, keep the usual layout."""
+    if x.device.type == "cpu" and x.dim() == 4 and min(x.shape[-2:]) >= 32:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def encoder_names() -> list[str]:
